@@ -1,0 +1,82 @@
+//! The acceptance test of SPEC.md section 5: how far an output may be from the f64 reference.
+
+use crate::{DType, HostTensor, TensorMeta};
+
+/// Bounds on the error of one output against its reference.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    /// `||out - ref||_2 <= norm * ||ref||_2`.
+    pub norm: f64,
+    /// Every element: `|out - ref| <= rel * |ref| + abs_of_max * max|ref|`.
+    pub rel: f64,
+    pub abs_of_max: f64,
+}
+
+impl Tolerance {
+    /// SPEC.md's tolerance for an output of this dtype.
+    pub fn for_dtype(dtype: DType) -> Self {
+        match dtype {
+            DType::F32 => Self { norm: 1e-5, rel: 0.0, abs_of_max: 1e-4 },
+            DType::BF16 => Self { norm: 4e-3, rel: 2f64.powi(-7), abs_of_max: 1e-4 },
+        }
+    }
+
+    /// Sinkhorn backward's looser norm bound.
+    pub fn sinkhorn_backward() -> Self {
+        Self { norm: 1e-4, ..Self::for_dtype(DType::F32) }
+    }
+}
+
+/// How one output compared with its reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    pub tensor: String,
+    /// The largest `|out - ref|`.
+    pub max_abs_err: f64,
+    /// `max |out - ref| / max |ref|`.
+    pub max_err_of_max: f64,
+    /// `||out - ref||_2 / ||ref||_2`.
+    pub norm_err: f64,
+    /// Why it failed, `None` when it passed.
+    pub failure: Option<String>,
+}
+
+impl Comparison {
+    pub fn passed(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// Compares `out` with `reference` under `tol`; NaN or Inf never passes where the reference is
+/// finite, and a length mismatch is a failure, not a panic.
+pub fn compare(tensor: &str, out: &HostTensor, reference: &[f64], tol: Tolerance) -> Comparison {
+    let got = out.to_f64();
+    let mut c =
+        Comparison { tensor: tensor.into(), max_abs_err: 0.0, max_err_of_max: 0.0, norm_err: 0.0, failure: None };
+    if got.len() != reference.len() {
+        c.failure = Some(format!("{} elements, reference has {}", got.len(), reference.len()));
+        return c;
+    }
+    let max_ref = reference.iter().fold(0.0f64, |m, r| m.max(r.abs()));
+    let (mut diff2, mut ref2) = (0.0, 0.0);
+    for (i, (&o, &r)) in got.iter().zip(reference).enumerate() {
+        let e = (o - r).abs();
+        if !o.is_finite() && r.is_finite() {
+            c.failure.get_or_insert_with(|| format!("element {i} is {o}, reference {r}"));
+            c.max_abs_err = f64::INFINITY;
+            continue;
+        }
+        diff2 += e * e;
+        ref2 += r * r;
+        c.max_abs_err = c.max_abs_err.max(e);
+        if e > tol.rel * r.abs() + tol.abs_of_max * max_ref {
+            c.failure.get_or_insert_with(|| format!("element {i}: {o} vs reference {r} (shape {:?})", out.shape()));
+        }
+    }
+    c.max_err_of_max = if max_ref > 0.0 { c.max_abs_err / max_ref } else { c.max_abs_err };
+    c.norm_err = if ref2 > 0.0 { (diff2 / ref2).sqrt() } else { diff2.sqrt() };
+    if c.failure.is_none() && diff2.sqrt() > tol.norm * ref2.sqrt() {
+        c.failure = Some(format!("relative L2 error {:.3e} above {:.1e}", c.norm_err, tol.norm));
+    }
+    c
+}

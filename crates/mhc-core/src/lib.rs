@@ -1,0 +1,19 @@
+//! Core of mhc: shapes and their validation, errors, host tensors, and the golden CPU reference
+//! of DeepSeek's mHC operators (see SPEC.md).
+
+#[cfg(target_endian = "big")]
+compile_error!("mhc exchanges tensors as little-endian bytes and supports little-endian hosts only");
+
+pub mod accuracy;
+mod dtype;
+mod error;
+pub mod golden;
+pub mod random;
+pub mod shape;
+mod tensor;
+
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use half::bf16;
+pub use shape::{Dims, MAX_STREAMS, PostForwardInputs, PreBackwardInputs, PreForwardInputs, PreParams, SinkhornParams};
+pub use tensor::{HostData, HostTensor, TensorMeta};

@@ -1,0 +1,152 @@
+use half::bf16;
+
+use crate::{DType, Error, Result};
+
+/// Shape and dtype of a tensor, host or GPU: what validation looks at.
+pub trait TensorMeta {
+    fn shape(&self) -> &[usize];
+    fn dtype(&self) -> DType;
+    fn numel(&self) -> usize {
+        self.shape().iter().product()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostData {
+    BF16(Vec<bf16>),
+    F32(Vec<f32>),
+}
+
+/// An owned, dense, row-major tensor in host memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    shape: Vec<usize>,
+    data: HostData,
+}
+
+impl TensorMeta for HostTensor {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn dtype(&self) -> DType {
+        match self.data {
+            HostData::BF16(_) => DType::BF16,
+            HostData::F32(_) => DType::F32,
+        }
+    }
+}
+
+fn check_len(shape: &[usize], len: usize) -> Result<()> {
+    let numel: usize = shape.iter().product();
+    if numel != len {
+        return Err(Error::Data {
+            tensor: "tensor".into(),
+            detail: format!("shape {shape:?} holds {numel} elements but {len} were given"),
+        });
+    }
+    Ok(())
+}
+
+/// Rounds `v` once to the nearest bf16, ties to even. `bf16::from_f64` (half 2.7) drops the low
+/// 32 mantissa bits before rounding, so a value just above a tie rounds down; rounding to f32
+/// with round-to-odd first keeps that information and makes the second rounding exact.
+fn bf16_from_f64(v: f64) -> bf16 {
+    let mut f = v as f32;
+    if f.is_finite() && f as f64 != v {
+        let bits = f.to_bits();
+        let toward_zero = if (f as f64).abs() > v.abs() { bits - 1 } else { bits };
+        f = f32::from_bits(toward_zero | 1);
+    }
+    bf16::from_f32(f)
+}
+
+impl HostTensor {
+    pub fn from_bf16(shape: impl Into<Vec<usize>>, data: Vec<bf16>) -> Result<Self> {
+        let shape = shape.into();
+        check_len(&shape, data.len())?;
+        Ok(Self { shape, data: HostData::BF16(data) })
+    }
+
+    pub fn from_f32(shape: impl Into<Vec<usize>>, data: Vec<f32>) -> Result<Self> {
+        let shape = shape.into();
+        check_len(&shape, data.len())?;
+        Ok(Self { shape, data: HostData::F32(data) })
+    }
+
+    /// Rounds each value to bf16 (nearest-even).
+    pub fn bf16_from_f32(shape: impl Into<Vec<usize>>, data: &[f32]) -> Result<Self> {
+        Self::from_bf16(shape, data.iter().map(|&v| bf16::from_f32(v)).collect())
+    }
+
+    /// Rounds f64 values once to the given dtype.
+    pub fn from_f64(shape: impl Into<Vec<usize>>, dtype: DType, data: &[f64]) -> Result<Self> {
+        match dtype {
+            DType::BF16 => Self::from_bf16(shape, data.iter().map(|&v| bf16_from_f64(v)).collect()),
+            DType::F32 => Self::from_f32(shape, data.iter().map(|&v| v as f32).collect()),
+        }
+    }
+
+    /// Reinterprets little-endian bytes (as stored in safetensors files or GPU buffers).
+    pub fn from_le_bytes(shape: impl Into<Vec<usize>>, dtype: DType, bytes: &[u8]) -> Result<Self> {
+        let shape = shape.into();
+        let numel: usize = shape.iter().product();
+        if bytes.len() != numel * dtype.size_bytes() {
+            return Err(Error::Data {
+                tensor: "tensor".into(),
+                detail: format!("{dtype} {shape:?} needs {} bytes, got {}", numel * dtype.size_bytes(), bytes.len()),
+            });
+        }
+        let data = match dtype {
+            DType::BF16 => HostData::BF16(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()),
+            DType::F32 => {
+                HostData::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            }
+        };
+        Ok(Self { shape, data })
+    }
+
+    pub fn shape_vec(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+
+    pub fn data(&self) -> &HostData {
+        &self.data
+    }
+
+    pub fn as_bf16(&self) -> Option<&[bf16]> {
+        match &self.data {
+            HostData::BF16(v) => Some(v),
+            HostData::F32(_) => None,
+        }
+    }
+
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            HostData::F32(v) => Some(v),
+            HostData::BF16(_) => None,
+        }
+    }
+
+    /// Little-endian bytes of the elements, the layout of GPU buffers and safetensors.
+    pub fn as_le_bytes(&self) -> &[u8] {
+        match &self.data {
+            HostData::BF16(v) => bytemuck::cast_slice(v),
+            HostData::F32(v) => bytemuck::cast_slice(v),
+        }
+    }
+
+    pub fn to_f64(&self) -> Vec<f64> {
+        match &self.data {
+            HostData::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            HostData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+        }
+    }
+
+    /// The same elements under another shape of equal size.
+    pub fn reshaped(mut self, shape: impl Into<Vec<usize>>) -> Result<Self> {
+        let shape = shape.into();
+        check_len(&shape, self.numel())?;
+        self.shape = shape;
+        Ok(self)
+    }
+}

@@ -1,0 +1,217 @@
+//! Adapter and device setup: which GPU mhc runs on and what it may use there.
+
+use std::sync::{Arc, Mutex};
+
+use mhc_core::{Error, Result};
+use mhc_wgsl::Target;
+
+use crate::pipeline::PipelineCache;
+
+/// How [`Context::with_options`] picks and configures a device.
+#[derive(Debug, Clone)]
+pub struct ContextOptions {
+    pub power_preference: wgpu::PowerPreference,
+    /// Use subgroup operations where the adapter has them (the shared-memory path otherwise).
+    pub use_subgroups: bool,
+    /// Caps the bytes one tensor binding may span below the device's own limit; larger tensors
+    /// are processed in token chunks. Mainly for testing the chunking on small inputs.
+    pub max_binding_size: Option<u64>,
+    /// Caps the workgroups of one grid dimension below the device's own limit (65535), so the
+    /// 2D grids of wide dispatches can be tested on small inputs.
+    pub max_workgroups_per_dimension: Option<u32>,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        Self {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            use_subgroups: true,
+            max_binding_size: None,
+            max_workgroups_per_dimension: None,
+        }
+    }
+}
+
+/// The optional features mhc found and uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub subgroups: bool,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    pub timestamps: bool,
+    pub f16: bool,
+}
+
+/// A wgpu device and queue with mhc's pipeline cache. Cheap to share by reference; every
+/// operator takes one.
+pub struct Context {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    caps: Capabilities,
+    max_binding: u64,
+    max_groups: u32,
+    pub(crate) pipelines: PipelineCache,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+/// Features mhc uses when present; none is required.
+const WANTED: wgpu::Features = wgpu::Features::SUBGROUP
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::SHADER_F16);
+
+/// Storage buffers one kernel binds at most (mhc_pre backward's `cols` and `finish`).
+const STORAGE_BUFFERS_NEEDED: u32 = 10;
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Every adapter wgpu sees, on the backends `WGPU_BACKEND` allows.
+pub fn adapters() -> Vec<wgpu::AdapterInfo> {
+    let instance = instance();
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all())).iter().map(|a| a.get_info()).collect()
+}
+
+impl Context {
+    /// The default adapter: `WGPU_ADAPTER_NAME` (a substring of the name) when set, else the
+    /// high-performance one; `WGPU_BACKEND` limits the backends searched.
+    pub fn new() -> Result<Self> {
+        Self::with_options(ContextOptions::default())
+    }
+
+    pub fn with_options(opts: ContextOptions) -> Result<Self> {
+        let instance = instance();
+        let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
+            Ok(name) => {
+                let want = name.to_lowercase();
+                let all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+                let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+                all.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&want)).ok_or_else(|| {
+                    Error::gpu("adapter", format!("WGPU_ADAPTER_NAME={name} matches none of {names:?}"))
+                })?
+            }
+            Err(_) => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: opts.power_preference,
+                ..Default::default()
+            }))
+            .map_err(|e| {
+                Error::gpu("adapter", format!("{e} (no GPU or Vulkan/Metal/DX12 driver found; on Linux without a GPU install lavapipe: apt-get install mesa-vulkan-drivers)"))
+            })?,
+        };
+        let features = adapter.features() & WANTED;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("mhc"),
+            required_features: features,
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::gpu("device request", e))?;
+        Self::from_device(adapter.get_info(), device, queue, opts)
+    }
+
+    /// Wraps a device and queue the caller already owns (a game engine's, another ML
+    /// runtime's). mhc uses the features and limits the device was created with.
+    pub fn from_device(
+        info: wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        opts: ContextOptions,
+    ) -> Result<Self> {
+        let limits = device.limits();
+        if limits.max_storage_buffers_per_shader_stage < STORAGE_BUFFERS_NEEDED {
+            return Err(Error::gpu(
+                "device limits",
+                format!(
+                    "max_storage_buffers_per_shader_stage is {}, mhc's kernels bind up to {STORAGE_BUFFERS_NEEDED}; request the adapter's limits when creating the device",
+                    limits.max_storage_buffers_per_shader_stage
+                ),
+            ));
+        }
+        let f = device.features();
+        let caps = Capabilities {
+            subgroups: opts.use_subgroups && f.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
+            timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            f16: f.contains(wgpu::Features::SHADER_F16),
+        };
+        let lost = Arc::new(Mutex::new(None));
+        let sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{reason:?}: {msg}"));
+        });
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(opts.max_binding_size.unwrap_or(u64::MAX));
+        let max_groups = limits
+            .max_compute_workgroups_per_dimension
+            .min(opts.max_workgroups_per_dimension.unwrap_or(u32::MAX))
+            .max(1);
+        Ok(Self { device, queue, info, caps, max_binding, max_groups, pipelines: PipelineCache::default(), lost })
+    }
+
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The most bytes one tensor binding may span; larger tensors are split over tokens.
+    pub fn max_binding_size(&self) -> u64 {
+        self.max_binding
+    }
+
+    pub(crate) fn max_workgroups_per_dimension(&self) -> u32 {
+        self.max_groups
+    }
+
+    pub(crate) fn target(&self) -> Target {
+        Target { subgroup: self.caps.subgroups, sg_min: self.caps.subgroup_min_size }
+    }
+
+    /// An error if the device was lost (driver reset, GPU removed).
+    pub fn check_lost(&self) -> Result<()> {
+        match &*self.lost.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(msg) => Err(Error::gpu("device lost", msg)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes: a wgpu error raised by what
+    /// `f` records becomes an `Err` naming `what`, not a panic.
+    pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_lost()?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = o {
+            return Err(Error::gpu(what, format!("out of GPU memory: {e}")));
+        }
+        if let Some(e) = v {
+            return Err(Error::gpu(what, e));
+        }
+        self.check_lost()?;
+        out
+    }
+
+    /// Blocks until all submitted work is done.
+    pub fn wait(&self) -> Result<()> {
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::gpu("wait", e))?;
+        self.check_lost()
+    }
+}

@@ -1,0 +1,171 @@
+use mhc_core::shape::{expect_exact, expect_per_token};
+use mhc_core::{DType, Dims, Error, PreBackwardInputs, PreParams, Result};
+use mhc_wgsl::Family;
+
+use super::to_u32;
+use crate::{Context, GpuTensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    t: u32,
+    hc_eps: f32,
+    post_mult: f32,
+    wg_base: u32,
+    seg_tokens: u32,
+    accumulate: u32,
+    n_small: u32,
+    n_segs: u32,
+}
+
+/// Gradients of mhc_pre on the GPU (SPEC.md section 2).
+#[derive(Debug, Clone)]
+pub struct PreBackwardOutputs {
+    pub dx: GpuTensor,
+    pub dphi: GpuTensor,
+    pub dalpha: GpuTensor,
+    pub dbias: GpuTensor,
+    pub dgamma: GpuTensor,
+}
+
+impl PreBackwardOutputs {
+    pub fn zeros(ctx: &Context, dims: &Dims) -> Result<Self> {
+        let (n, d, m, k) = (dims.n, dims.d, dims.m(), dims.k());
+        Ok(Self {
+            dx: GpuTensor::zeros(ctx, "dx", &dims.out_shape(&[n, d]), DType::BF16)?,
+            dphi: GpuTensor::zeros(ctx, "dphi", &[m, k], DType::F32)?,
+            dalpha: GpuTensor::zeros(ctx, "dalpha", &[3], DType::F32)?,
+            dbias: GpuTensor::zeros(ctx, "dbias", &[m], DType::F32)?,
+            dgamma: GpuTensor::zeros(ctx, "dgamma", &[n, d], DType::F32)?,
+        })
+    }
+
+    fn validate(&self, dims: &Dims) -> Result<()> {
+        let (n, d, m, k) = (dims.n, dims.d, dims.m(), dims.k());
+        expect_per_token("dx", &self.dx, DType::BF16, dims.t, &[n, d])?;
+        expect_exact("dphi", &self.dphi, DType::F32, &[m, k])?;
+        expect_exact("dalpha", &self.dalpha, DType::F32, &[3])?;
+        expect_exact("dbias", &self.dbias, DType::F32, &[m])?;
+        expect_exact("dgamma", &self.dgamma, DType::F32, &[n, d])
+    }
+}
+
+/// Workgroups the `cols` pass aims for: enough to fill a large GPU several times over.
+const COLS_TARGET_GROUPS: usize = 1024;
+/// Bytes of dphi partial sums the `cols` pass may keep (one slice per token segment).
+const PARTIALS_BUDGET: u64 = 64 << 20;
+
+pub fn pre_backward(
+    ctx: &Context,
+    inp: &PreBackwardInputs<'_, GpuTensor>,
+    p: &PreParams,
+) -> Result<PreBackwardOutputs> {
+    let dims = inp.validate()?;
+    let out = PreBackwardOutputs::zeros(ctx, &dims)?;
+    pre_backward_into(ctx, inp, &out, p)?;
+    Ok(out)
+}
+
+/// Runs the `rows`, `cols` and `finish` passes of `pre_backward.wgsl` in one submission.
+pub fn pre_backward_into(
+    ctx: &Context,
+    inp: &PreBackwardInputs<'_, GpuTensor>,
+    out: &PreBackwardOutputs,
+    p: &PreParams,
+) -> Result<()> {
+    let dims = inp.validate()?;
+    p.validate()?;
+    out.validate(&dims)?;
+    let f = &inp.fwd;
+    let (t, m, k) = (dims.t, dims.m(), dims.k());
+    let spec = mhc_wgsl::pre_backward(to_u32(dims.n, "n")?, to_u32(dims.d, "D")?, f.gamma.is_some(), ctx.target());
+    let get = |name| spec.get(name).map(|v| v as usize).expect("pre_backward spec sets TB and WG");
+    let (tb, wg) = (get("TB"), get("WG"));
+    let pair = spec.flag_value("PAIR") == Some(true);
+    let pipe = |entry| ctx.pipeline(Family::PreBackward, entry, &spec);
+    let (rows_p, cols_p, finish_p, small_p) = (pipe("rows")?, pipe("cols")?, pipe("finish")?, pipe("finish_small")?);
+
+    let tok_data = GpuTensor::zeros(ctx, "tok_data", &[t, m + 1], DType::F32)?;
+    let per_token = [
+        (1, f.x, "x"),
+        (2, inp.dh_in, "dh_in"),
+        (4, inp.inv_rms, "inv_rms"),
+        (5, inp.h_mix, "h_mix"),
+        (6, inp.h_pre, "h_pre"),
+        (7, inp.h_post, "h_post"),
+        (8, inp.dh_post, "dh_post"),
+        (9, inp.dh_res, "dh_res"),
+        (10, &tok_data, "tok_data"),
+        (14, &out.dx, "dx"),
+        (21, f.x, "x"),
+        (22, inp.dh_in, "dh_in"),
+    ];
+    let chunks = ctx.chunks_for(t, &per_token)?;
+    let rows_of = |slots: &[u32]| per_token.iter().copied().filter(|r| slots.contains(&r.0)).collect::<Vec<_>>();
+
+    // dalpha / dbias partials: one row per `rows` workgroup over all chunks.
+    let group_base: Vec<usize> = chunks
+        .ranges
+        .iter()
+        .scan(0, |acc, r| {
+            let base = *acc;
+            *acc += r.len().div_ceil(tb);
+            Some(base)
+        })
+        .collect();
+    let n_small = chunks.ranges.iter().map(|r| r.len().div_ceil(tb)).sum::<usize>();
+    let part_small = GpuTensor::zeros(ctx, "dbias/dalpha partials", &[n_small, m + 3], DType::F32)?;
+
+    // dphi / dgamma partials: one slice per token segment, shared by all chunks.
+    let col_blocks = (if pair { k / 2 } else { k }).div_ceil(wg);
+    let longest = chunks.ranges.iter().map(|r| r.len()).max().unwrap_or(1);
+    let slice_bytes = (m * k * 4) as u64;
+    let max_segs = (PARTIALS_BUDGET.min(ctx.max_binding_size()) / slice_bytes).max(1) as usize;
+    let n_segs = COLS_TARGET_GROUPS.div_ceil(col_blocks).min(max_segs).min(longest).max(1);
+    if slice_bytes > ctx.max_binding_size() {
+        return Err(Error::TooLarge {
+            what: "dphi".into(),
+            detail: format!("{slice_bytes} bytes, the device binds at most {}", ctx.max_binding_size()),
+        });
+    }
+    let part_phi = GpuTensor::zeros(ctx, "dphi partials", &[n_segs, m, k], DType::F32)?;
+    let part_gamma = GpuTensor::zeros(ctx, "dgamma partials", &[n_segs, k], DType::F32)?;
+
+    for (name, g) in [("phi", f.phi), ("alpha", f.alpha)] {
+        ctx.check_whole(name, g)?;
+    }
+    let mut cols_whole = vec![(12, f.phi), (15, &part_phi), (16, &part_gamma)];
+    cols_whole.extend(f.gamma.map(|g| (13, g)));
+
+    let params = |i: usize, r: &std::ops::Range<usize>| {
+        Ok(ctx.uniform(&Params {
+            t: to_u32(r.len(), "tokens")?,
+            hc_eps: p.hc_eps,
+            post_mult: p.post_mult,
+            wg_base: to_u32(group_base.get(i).copied().unwrap_or(0), "workgroups")?,
+            seg_tokens: to_u32(r.len().div_ceil(n_segs), "tokens")?,
+            accumulate: u32::from(i > 0),
+            n_small: to_u32(n_small, "workgroups")?,
+            n_segs: to_u32(n_segs, "segments")?,
+        }))
+    };
+    let one_chunk = crate::dispatch::Chunks::whole(t);
+    ctx.submit("mhc_pre backward", |pass| {
+        ctx.record_chunks(
+            pass,
+            &rows_p,
+            &chunks,
+            &rows_of(&[1, 2, 4, 5, 6, 7, 8, 9, 10]),
+            &[(3, f.alpha), (11, &part_small)],
+            params,
+            |r| r.len().div_ceil(tb),
+        )?;
+        ctx.record_chunks(pass, &cols_p, &chunks, &rows_of(&[6, 10, 14, 21, 22]), &cols_whole, params, |_| {
+            col_blocks * n_segs
+        })?;
+        let finish_whole = [(15, &part_phi), (16, &part_gamma), (17, &out.dphi), (18, &out.dgamma)];
+        ctx.record_chunks(pass, &finish_p, &one_chunk, &[], &finish_whole, params, |_| (m * k).div_ceil(wg))?;
+        let small_whole = [(11, &part_small), (19, &out.dalpha), (20, &out.dbias)];
+        ctx.record_chunks(pass, &small_p, &one_chunk, &[], &small_whole, params, |_| m + 3)
+    })
+}

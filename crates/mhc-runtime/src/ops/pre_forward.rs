@@ -1,0 +1,148 @@
+use mhc_core::shape::expect_per_token;
+use mhc_core::{DType, Dims, Error, PreForwardInputs, PreParams, Result, SinkhornParams};
+use mhc_wgsl::Family;
+
+use super::to_u32;
+use crate::{Context, GpuTensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    t: u32,
+    norm_eps: f32,
+    hc_eps: f32,
+    post_mult: f32,
+    sinkhorn_iters: u32,
+    sinkhorn_eps: f32,
+    _pad: [u32; 2],
+}
+
+/// Outputs of mhc_pre forward on the GPU (SPEC.md section 1). With a fused Sinkhorn
+/// projection, `h_res` holds the projected matrices and `h_res_logits` the raw logits that
+/// Sinkhorn backward needs.
+#[derive(Debug, Clone)]
+pub struct PreForwardOutputs {
+    pub h_in: GpuTensor,
+    pub h_post: GpuTensor,
+    pub h_res: GpuTensor,
+    pub inv_rms: GpuTensor,
+    pub h_mix: GpuTensor,
+    pub h_pre: GpuTensor,
+    pub h_res_logits: Option<GpuTensor>,
+}
+
+impl PreForwardOutputs {
+    /// Zeroed outputs for `dims`, leading dims kept.
+    pub fn zeros(ctx: &Context, dims: &Dims, fused_sinkhorn: bool) -> Result<Self> {
+        let (n, d, m) = (dims.n, dims.d, dims.m());
+        let f32t = |name: &str, tr: &[usize]| GpuTensor::zeros(ctx, name, &dims.out_shape(tr), DType::F32);
+        Ok(Self {
+            h_in: GpuTensor::zeros(ctx, "h_in", &dims.out_shape(&[d]), DType::BF16)?,
+            h_post: f32t("h_post", &[n])?,
+            h_res: f32t("h_res", &[n, n])?,
+            inv_rms: f32t("inv_rms", &[])?,
+            h_mix: f32t("h_mix", &[m])?,
+            h_pre: f32t("h_pre", &[n])?,
+            h_res_logits: if fused_sinkhorn { Some(f32t("h_res_logits", &[n, n])?) } else { None },
+        })
+    }
+
+    fn validate(&self, dims: &Dims, fused_sinkhorn: bool) -> Result<()> {
+        let (t, n) = (dims.t, dims.n);
+        expect_per_token("h_in", &self.h_in, DType::BF16, t, &[dims.d])?;
+        expect_per_token("h_post", &self.h_post, DType::F32, t, &[n])?;
+        expect_per_token("h_res", &self.h_res, DType::F32, t, &[n, n])?;
+        expect_per_token("inv_rms", &self.inv_rms, DType::F32, t, &[])?;
+        expect_per_token("h_mix", &self.h_mix, DType::F32, t, &[dims.m()])?;
+        expect_per_token("h_pre", &self.h_pre, DType::F32, t, &[n])?;
+        match (&self.h_res_logits, fused_sinkhorn) {
+            (Some(l), true) => expect_per_token("h_res_logits", l, DType::F32, t, &[n, n]),
+            (None, true) => Err(Error::Missing { tensor: "h_res_logits (needed with a fused Sinkhorn)".into() }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// mhc_pre forward; with `sinkhorn` set, h_res comes out projected by Sinkhorn-Knopp in the
+/// same kernel.
+///
+/// ```no_run
+/// use mhc_core::{PreForwardInputs, PreParams, random::{PreInputs, TensorRng}, Dims};
+/// use mhc_runtime::{Context, GpuTensor, ops};
+/// let ctx = Context::new()?;
+/// let host = PreInputs::random(&mut TensorRng::new(7), &Dims::new(16, 4, 256)?, true);
+/// let up = |name, t| GpuTensor::upload(&ctx, name, t);
+/// let (x, phi, alpha, bias) = (up("x", &host.x)?, up("phi", &host.phi)?, up("alpha", &host.alpha)?, up("bias", &host.bias)?);
+/// let gamma = up("gamma", host.gamma.as_ref().unwrap())?;
+/// let inputs = PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: Some(&gamma) };
+/// let out = ops::pre_forward(&ctx, &inputs, &PreParams::default(), None)?;
+/// let h_in = out.h_in.read(&ctx)?; // bf16 [16, 256]
+/// # Ok::<(), mhc_core::Error>(())
+/// ```
+pub fn pre_forward(
+    ctx: &Context,
+    inp: &PreForwardInputs<'_, GpuTensor>,
+    p: &PreParams,
+    sinkhorn: Option<&SinkhornParams>,
+) -> Result<PreForwardOutputs> {
+    let dims = inp.validate()?;
+    let out = PreForwardOutputs::zeros(ctx, &dims, sinkhorn.is_some())?;
+    pre_forward_into(ctx, inp, &out, p, sinkhorn)?;
+    Ok(out)
+}
+
+pub fn pre_forward_into(
+    ctx: &Context,
+    inp: &PreForwardInputs<'_, GpuTensor>,
+    out: &PreForwardOutputs,
+    p: &PreParams,
+    sinkhorn: Option<&SinkhornParams>,
+) -> Result<()> {
+    let dims = inp.validate()?;
+    p.validate()?;
+    if let Some(s) = sinkhorn {
+        s.validate()?;
+    }
+    out.validate(&dims, sinkhorn.is_some())?;
+    for (name, t) in [("phi", inp.phi), ("alpha", inp.alpha), ("bias", inp.bias)] {
+        ctx.check_whole(name, t)?;
+    }
+    if let Some(g) = inp.gamma {
+        ctx.check_whole("gamma", g)?;
+    }
+    let (n, d) = (to_u32(dims.n, "n")?, to_u32(dims.d, "D")?);
+    let spec = mhc_wgsl::pre_forward(n, d, inp.gamma.is_some(), sinkhorn.is_some(), ctx.target());
+    let tb = spec.get("TB").expect("pre_forward spec sets TB") as usize;
+    let pipeline = ctx.pipeline(Family::PreForward, "main", &spec)?;
+
+    let mut rows = vec![
+        (1, inp.x, "x"),
+        (6, &out.h_in, "h_in"),
+        (7, &out.h_post, "h_post"),
+        (8, &out.h_res, "h_res"),
+        (9, &out.inv_rms, "inv_rms"),
+        (10, &out.h_mix, "h_mix"),
+        (11, &out.h_pre, "h_pre"),
+    ];
+    if let (Some(l), Some(_)) = (&out.h_res_logits, sinkhorn) {
+        rows.push((12, l, "h_res_logits"));
+    }
+    let mut whole = vec![(2, inp.phi), (3, inp.alpha), (4, inp.bias)];
+    whole.extend(inp.gamma.map(|g| (5, g)));
+    let chunks = ctx.chunks_for(dims.t, &rows)?;
+    let sk = sinkhorn.copied().unwrap_or_default();
+    let params = |_: usize, range: &std::ops::Range<usize>| {
+        Ok(ctx.uniform(&Params {
+            t: to_u32(range.len(), "tokens")?,
+            norm_eps: p.norm_eps,
+            hc_eps: p.hc_eps,
+            post_mult: p.post_mult,
+            sinkhorn_iters: sk.iters,
+            sinkhorn_eps: sk.eps,
+            _pad: [0; 2],
+        }))
+    };
+    ctx.submit("mhc_pre forward", |pass| {
+        ctx.record_chunks(pass, &pipeline, &chunks, &rows, &whole, params, |r| r.len().div_ceil(tb))
+    })
+}

@@ -1,0 +1,54 @@
+//! Compiled pipelines, cached by kernel family, entry point and specialisation.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use mhc_core::{Error, Result};
+use mhc_wgsl::{Family, Spec};
+
+type Key = (Family, &'static str, Spec);
+
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: Mutex<HashMap<(Family, Spec), wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<Key, wgpu::ComputePipeline>>,
+}
+
+impl crate::Context {
+    /// The pipeline of `entry` in `family` specialised by `spec`, compiled on first use.
+    pub(crate) fn pipeline(&self, family: Family, entry: &'static str, spec: &Spec) -> Result<wgpu::ComputePipeline> {
+        let key = (family, entry, spec.clone());
+        if let Some(p) = self.pipelines.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(p.clone());
+        }
+        let module = self.module(family, spec)?;
+        let pipeline = self.scoped(&format!("compiling {}::{entry}", family.name()), || {
+            Ok(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            }))
+        })?;
+        self.pipelines.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn module(&self, family: Family, spec: &Spec) -> Result<wgpu::ShaderModule> {
+        let key = (family, spec.clone());
+        if let Some(m) = self.pipelines.modules.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(m.clone());
+        }
+        let src = family.source(spec).map_err(|e| Error::gpu("shader specialisation", e))?;
+        let module = self.scoped(&format!("compiling {}.wgsl", family.name()), || {
+            Ok(self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(family.name()),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            }))
+        })?;
+        self.pipelines.modules.lock().unwrap_or_else(|p| p.into_inner()).insert(key, module.clone());
+        Ok(module)
+    }
+}

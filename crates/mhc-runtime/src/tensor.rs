@@ -1,0 +1,134 @@
+//! Tensors in GPU memory: a storage buffer with a shape and a dtype.
+
+use mhc_core::{DType, Error, HostTensor, Result, TensorMeta};
+
+use crate::Context;
+
+/// A dense row-major tensor in a wgpu storage buffer. bf16 elements are packed two to a u32
+/// word; the buffer is padded to a multiple of 4 bytes.
+#[derive(Debug, Clone)]
+pub struct GpuTensor {
+    buffer: wgpu::Buffer,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl TensorMeta for GpuTensor {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+fn padded_bytes(shape: &[usize], dtype: DType) -> u64 {
+    let bytes = shape.iter().product::<usize>() as u64 * dtype.size_bytes() as u64;
+    bytes.div_ceil(4).max(1) * 4
+}
+
+const USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
+
+impl GpuTensor {
+    /// A new tensor; its contents are zero (wgpu clears new buffers).
+    pub fn zeros(ctx: &Context, name: &str, shape: &[usize], dtype: DType) -> Result<Self> {
+        let size = padded_bytes(shape, dtype);
+        let max = ctx.device.limits().max_buffer_size;
+        if size > max {
+            return Err(Error::TooLarge {
+                what: name.into(),
+                detail: format!("{dtype} {shape:?} needs {size} bytes, the device allows {max} in one buffer"),
+            });
+        }
+        let buffer = ctx.scoped(&format!("allocating {name}"), || {
+            Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(name),
+                size,
+                usage: USAGE,
+                mapped_at_creation: false,
+            }))
+        })?;
+        Ok(Self { buffer, shape: shape.to_vec(), dtype })
+    }
+
+    /// Copies a host tensor to the GPU.
+    pub fn upload(ctx: &Context, name: &str, host: &HostTensor) -> Result<Self> {
+        let t = Self::zeros(ctx, name, host.shape(), host.dtype())?;
+        let bytes = host.as_le_bytes();
+        let whole = bytes.len() / 4 * 4;
+        ctx.queue.write_buffer(&t.buffer, 0, &bytes[..whole]);
+        if whole < bytes.len() {
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+            ctx.queue.write_buffer(&t.buffer, whole as u64, &tail);
+        }
+        Ok(t)
+    }
+
+    /// Wraps a buffer the caller owns, without a copy. It must have `STORAGE` usage (and
+    /// `COPY_SRC` to be read back) and hold at least the tensor's bytes from offset 0.
+    pub fn from_buffer(name: &str, buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> Result<Self> {
+        let need = shape.iter().product::<usize>() as u64 * dtype.size_bytes() as u64;
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::Data { tensor: name.into(), detail: "buffer lacks STORAGE usage".into() });
+        }
+        if buffer.size() < need || !buffer.size().is_multiple_of(4) {
+            return Err(Error::Data {
+                tensor: name.into(),
+                detail: format!(
+                    "buffer of {} bytes cannot hold {dtype} {shape:?} ({need} bytes, padded to a multiple of 4)",
+                    buffer.size()
+                ),
+            });
+        }
+        Ok(Self { buffer, shape: shape.to_vec(), dtype })
+    }
+
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// The same buffer under another shape with as many elements (e.g. to flatten leading dims).
+    pub fn reshaped(&self, shape: &[usize]) -> Result<Self> {
+        if shape.iter().product::<usize>() != self.numel() {
+            return Err(Error::shape("tensor", format!("{} elements", self.numel()), shape));
+        }
+        Ok(Self { buffer: self.buffer.clone(), shape: shape.to_vec(), dtype: self.dtype })
+    }
+
+    /// Fills every byte with `byte`: tests poison outputs with it before a kernel runs.
+    pub fn fill_bytes(&self, ctx: &Context, byte: u8) {
+        let data = vec![byte; self.buffer.size() as usize];
+        ctx.queue.write_buffer(&self.buffer, 0, &data);
+    }
+
+    /// Copies the tensor back to the host (waits for the GPU).
+    pub fn read(&self, ctx: &Context) -> Result<HostTensor> {
+        let size = self.buffer.size();
+        let staging = ctx.scoped("readback", || {
+            let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("mhc readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
+            ctx.queue.submit([enc.finish()]);
+            Ok(staging)
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        ctx.wait()?;
+        rx.recv().map_err(|e| Error::gpu("readback", e))?.map_err(|e| Error::gpu("readback", e))?;
+        let view = staging.slice(..).get_mapped_range().map_err(|e| Error::gpu("readback", e))?;
+        let bytes = self.numel() * self.dtype.size_bytes();
+        let host = HostTensor::from_le_bytes(self.shape.clone(), self.dtype, &view[..bytes]);
+        drop(view);
+        staging.unmap();
+        host
+    }
+}

@@ -1,0 +1,78 @@
+//! The specialisation of each kernel family for a shape and an adapter: which code path, how
+//! many invocations a workgroup, how many tokens each workgroup takes.
+
+use crate::Spec;
+
+/// What the kernels need to know about the adapter they will run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// Subgroup operations are available (reductions use them instead of shared memory).
+    pub subgroup: bool,
+    /// The adapter's smallest subgroup size (sizes the shared memory of reductions).
+    pub sg_min: u32,
+}
+
+impl Target {
+    /// No subgroups: portable everywhere, shared-memory reductions only.
+    pub const PORTABLE: Target = Target { subgroup: false, sg_min: 1 };
+}
+
+fn m_of(n: u32) -> u32 {
+    n * n + 2 * n
+}
+
+fn base(n: u32, d: u32, wg: u32, target: Target) -> Spec {
+    Spec::new()
+        .with("N", n)
+        .with("D", d)
+        .with("K", n * d)
+        .with("M", m_of(n))
+        .with("NN", n * n)
+        .with("WG", wg)
+        .with("SG_MIN", target.sg_min.max(1))
+        .flag("SUBGROUP", target.subgroup)
+        .flag("VEC4", d.is_multiple_of(8))
+}
+
+/// Tokens a workgroup so that each invocation keeps about `budget` accumulators.
+fn tokens_per_group(values_per_token: u32, budget: u32) -> u32 {
+    (budget / values_per_token).clamp(1, 8)
+}
+
+/// mhc_pre forward: the whole layer for a block of tokens in one workgroup.
+pub fn pre_forward(n: u32, d: u32, has_gamma: bool, sinkhorn: bool, target: Target) -> Spec {
+    let tb = tokens_per_group(m_of(n) + 1, 100);
+    base(n, d, 256, target)
+        .with("TB", tb)
+        .with("NV", tb * (m_of(n) + 1))
+        .flag("HAS_GAMMA", has_gamma)
+        .flag("SINKHORN", sinkhorn)
+}
+
+/// mhc_pre backward: `rows`, `cols` and the two `finish` entry points share this spec.
+pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
+    let tb = 8;
+    base(n, d, 128, target)
+        .with("TB", tb)
+        .with("NV", tb * n)
+        .with("CHT", 32)
+        .flag("HAS_GAMMA", has_gamma)
+        // Two columns an invocation doubles the registers held for phi: only for small M.
+        .flag("PAIR", d.is_multiple_of(2) && m_of(n) <= 24)
+}
+
+/// mhc_post forward and backward.
+pub fn post(n: u32, d: u32, target: Target) -> Spec {
+    let tb = tokens_per_group(n + n * n, 64);
+    base(n, d, 256, target).with("TB", tb).with("NV", tb * (n + n * n))
+}
+
+/// Sinkhorn forward and backward, one token an invocation.
+pub fn sinkhorn(n: u32) -> Spec {
+    Spec::new().with("N", n).with("NN", n * n).with("WG", 64)
+}
+
+/// The copy and FMA ceilings of `mhc bench`.
+pub fn bench() -> Spec {
+    Spec::new().with("WG", 256)
+}

@@ -1,0 +1,70 @@
+//! Every kernel, in every code path, must parse, validate and translate to SPIR-V (Vulkan),
+//! MSL (Metal) and HLSL (DX12): a shader that would not build on one backend fails here.
+
+use mhc_wgsl::{Family, Spec, Target};
+use naga::back::{hlsl, msl, spv};
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+fn specs(family: Family) -> Vec<Spec> {
+    let targets = [Target::PORTABLE, Target { subgroup: true, sg_min: 8 }, Target { subgroup: true, sg_min: 32 }];
+    let mut out = Vec::new();
+    for n in [1, 2, 4, 8] {
+        for d in [1, 3, 8, 64, 130] {
+            for t in targets {
+                out.extend(match family {
+                    Family::PreForward => [(false, false), (true, true), (true, false), (false, true)]
+                        .map(|(g, s)| mhc_wgsl::pre_forward(n, d, g, s, t))
+                        .to_vec(),
+                    Family::PreBackward => [false, true].map(|g| mhc_wgsl::pre_backward(n, d, g, t)).to_vec(),
+                    Family::Post => vec![mhc_wgsl::post(n, d, t)],
+                    Family::Sinkhorn => vec![mhc_wgsl::sinkhorn(n)],
+                    Family::Bench => vec![mhc_wgsl::bench()],
+                });
+            }
+        }
+    }
+    out.dedup();
+    out
+}
+
+fn check(family: Family, spec: &Spec) {
+    let src = family.source(spec).unwrap_or_else(|e| panic!("{e}"));
+    let module = naga::front::wgsl::parse_str(&src)
+        .unwrap_or_else(|e| panic!("{} {spec:?}:\n{}", family.name(), e.emit_to_string(&src)));
+    let caps = if spec.flag_value("SUBGROUP") == Some(true) { Capabilities::SUBGROUP } else { Capabilities::empty() };
+    let info = Validator::new(ValidationFlags::all(), caps)
+        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{} {spec:?}:\n{}", family.name(), e.emit_to_string(&src)));
+
+    let spv_opts = spv::Options { lang_version: (1, 3), ..Default::default() };
+    spv::write_vec(&module, &info, &spv_opts, None).unwrap_or_else(|e| panic!("{} SPIR-V: {e}", family.name()));
+
+    let msl_opts = msl::Options { lang_version: (2, 4), ..Default::default() };
+    for entry in family.entry_points() {
+        let pipeline = msl::PipelineOptions {
+            entry_point: Some((naga::ShaderStage::Compute, entry.to_string())),
+            ..Default::default()
+        };
+        msl::write_string(&module, &info, &msl_opts, &pipeline)
+            .unwrap_or_else(|e| panic!("{} MSL {entry}: {e}", family.name()));
+    }
+
+    let hlsl_opts = hlsl::Options { shader_model: hlsl::ShaderModel::V6_0, ..Default::default() };
+    let mut hlsl_src = String::new();
+    hlsl::Writer::new(&mut hlsl_src, &hlsl_opts, &hlsl::PipelineOptions::default())
+        .write(&module, &info, None)
+        .unwrap_or_else(|e| panic!("{} HLSL: {e}", family.name()));
+}
+
+#[test]
+fn every_kernel_builds_for_every_backend() {
+    for family in Family::ALL {
+        let specs = specs(family);
+        assert!(!specs.is_empty());
+        for spec in &specs {
+            check(family, spec);
+        }
+    }
+}

@@ -1,0 +1,194 @@
+// ---- post.wgsl: mhc_post forward and backward (SPEC.md section 4) ----
+// Needs: N, D, NN = N * N, WG, TB tokens a backward workgroup, NV = TB * (N + NN), SG_MIN;
+// flags VEC4 (D % 8 == 0) and SUBGROUP.
+// Forward: one invocation per (token, 8 columns), all N output rows: x, residual and out each
+// cross memory once. Backward: one workgroup per TB tokens; dx and dresidual are written in
+// the same pass that accumulates dpost_layer_mix and dcomb_res_mix, reduced by block_reduce.
+
+struct Params {
+    t: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(3) var<storage, read> plm: array<f32>;
+@group(0) @binding(4) var<storage, read> comb: array<f32>;
+#if VEC4
+@group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> residual: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read_write> out: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read> d_out: array<vec4<u32>>;
+@group(0) @binding(7) var<storage, read_write> dx: array<vec4<u32>>;
+@group(0) @binding(8) var<storage, read_write> dresidual: array<vec4<u32>>;
+#else
+@group(0) @binding(1) var<storage, read> x: array<u32>;
+@group(0) @binding(2) var<storage, read> residual: array<u32>;
+@group(0) @binding(5) var<storage, read_write> out: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read> d_out: array<u32>;
+@group(0) @binding(7) var<storage, read_write> dx: array<atomic<u32>>;
+@group(0) @binding(8) var<storage, read_write> dresidual: array<atomic<u32>>;
+#endif
+@group(0) @binding(9) var<storage, read_write> dplm: array<f32>;
+@group(0) @binding(10) var<storage, read_write> dcomb: array<f32>;
+
+#if VEC4
+const W: u32 = D / 8u;
+
+@compute @workgroup_size(WG)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = group_index(wid, nwg) * WG + lid;
+    if (e >= params.t * W) {
+        return;
+    }
+    let tok = e / W;
+    let w = e % W;
+    let xq = x[tok * W + w];
+    var rlo: array<vec4<f32>, N>;
+    var rhi: array<vec4<f32>, N>;
+    for (var j = 0u; j < N; j++) {
+        let q = residual[(tok * N + j) * W + w];
+        rlo[j] = lo4(q);
+        rhi[j] = hi4(q);
+    }
+    for (var i = 0u; i < N; i++) {
+        var lo = plm[tok * N + i] * lo4(xq);
+        var hi = plm[tok * N + i] * hi4(xq);
+        for (var j = 0u; j < N; j++) {
+            let c = comb[tok * NN + j * N + i];
+            lo += c * rlo[j];
+            hi += c * rhi[j];
+        }
+        out[(tok * N + i) * W + w] = pack4(lo, hi);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let tok0 = group_index(wid, nwg) * TB;
+    if (tok0 >= params.t) {
+        return;
+    }
+    // acc[b * (N + NN) + i]: dplm of row i; acc[b * (N + NN) + N + j * N + i]: dcomb[j, i].
+    var acc: array<f32, NV>;
+    for (var e = lane.lid; e < TB * W; e += WG) {
+        let b = e / W;
+        let w = e % W;
+        let tok = tok0 + b;
+        if (tok < params.t) {
+            var glo: array<vec4<f32>, N>;
+            var ghi: array<vec4<f32>, N>;
+            for (var i = 0u; i < N; i++) {
+                let q = d_out[(tok * N + i) * W + w];
+                glo[i] = lo4(q);
+                ghi[i] = hi4(q);
+            }
+            let xq = x[tok * W + w];
+            var dlo = vec4<f32>(0.0);
+            var dhi = vec4<f32>(0.0);
+            for (var i = 0u; i < N; i++) {
+                dlo += plm[tok * N + i] * glo[i];
+                dhi += plm[tok * N + i] * ghi[i];
+                acc[b * (N + NN) + i] += dot(glo[i], lo4(xq)) + dot(ghi[i], hi4(xq));
+            }
+            dx[tok * W + w] = pack4(dlo, dhi);
+            for (var j = 0u; j < N; j++) {
+                let rq = residual[(tok * N + j) * W + w];
+                var rl = vec4<f32>(0.0);
+                var rh = vec4<f32>(0.0);
+                for (var i = 0u; i < N; i++) {
+                    let c = comb[tok * NN + j * N + i];
+                    rl += c * glo[i];
+                    rh += c * ghi[i];
+                    acc[b * (N + NN) + N + j * N + i] += dot(glo[i], lo4(rq)) + dot(ghi[i], hi4(rq));
+                }
+                dresidual[(tok * N + j) * W + w] = pack4(rl, rh);
+            }
+        }
+    }
+    block_reduce(lane, &acc);
+    for (var e = lane.lid; e < TB * (N + NN); e += WG) {
+        let tok = tok0 + e / (N + NN);
+        let r = e % (N + NN);
+        if (tok < params.t) {
+            if (r < N) {
+                dplm[tok * N + r] = red_total[e];
+            } else {
+                dcomb[tok * NN + r - N] = red_total[e];
+            }
+        }
+    }
+}
+#else
+@compute @workgroup_size(WG)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = group_index(wid, nwg) * WG + lid;
+    if (e >= params.t * D) {
+        return;
+    }
+    let tok = e / D;
+    let d = e % D;
+    let xv = bf16_at(x[e >> 1u], e);
+    for (var i = 0u; i < N; i++) {
+        var s = plm[tok * N + i] * xv;
+        for (var j = 0u; j < N; j++) {
+            let r = (tok * N + j) * D + d;
+            s += comb[tok * NN + j * N + i] * bf16_at(residual[r >> 1u], r);
+        }
+        let o = (tok * N + i) * D + d;
+        atomicAnd(&out[o >> 1u], half_keep(o));
+        atomicOr(&out[o >> 1u], half_bits(o, s));
+    }
+}
+
+@compute @workgroup_size(WG)
+fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let tok0 = group_index(wid, nwg) * TB;
+    if (tok0 >= params.t) {
+        return;
+    }
+    var acc: array<f32, NV>;
+    for (var e = lane.lid; e < TB * D; e += WG) {
+        let b = e / D;
+        let d = e % D;
+        let tok = tok0 + b;
+        if (tok < params.t) {
+            var g: array<f32, N>;
+            for (var i = 0u; i < N; i++) {
+                let o = (tok * N + i) * D + d;
+                g[i] = bf16_at(d_out[o >> 1u], o);
+            }
+            let xe = tok * D + d;
+            let xv = bf16_at(x[xe >> 1u], xe);
+            var s = 0.0;
+            for (var i = 0u; i < N; i++) {
+                s += plm[tok * N + i] * g[i];
+                acc[b * (N + NN) + i] += g[i] * xv;
+            }
+            atomicAnd(&dx[xe >> 1u], half_keep(xe));
+            atomicOr(&dx[xe >> 1u], half_bits(xe, s));
+            for (var j = 0u; j < N; j++) {
+                let r = (tok * N + j) * D + d;
+                let rv = bf16_at(residual[r >> 1u], r);
+                var sr = 0.0;
+                for (var i = 0u; i < N; i++) {
+                    sr += comb[tok * NN + j * N + i] * g[i];
+                    acc[b * (N + NN) + N + j * N + i] += g[i] * rv;
+                }
+                atomicAnd(&dresidual[r >> 1u], half_keep(r));
+                atomicOr(&dresidual[r >> 1u], half_bits(r, sr));
+            }
+        }
+    }
+    block_reduce(lane, &acc);
+    for (var e = lane.lid; e < TB * (N + NN); e += WG) {
+        let tok = tok0 + e / (N + NN);
+        let r = e % (N + NN);
+        if (tok < params.t) {
+            if (r < N) {
+                dplm[tok * N + r] = red_total[e];
+            } else {
+                dcomb[tok * NN + r - N] = red_total[e];
+            }
+        }
+    }
+}
+#endif

@@ -1,0 +1,366 @@
+// ---- pre_backward.wgsl: mhc_pre backward (SPEC.md section 2) in three entry points ----
+// Needs: N, D, K = N * D, M, NN, TB tokens a `rows` workgroup, WG, NV = TB * N, SG_MIN, CHT
+// tokens staged at a time by `cols`; flags VEC4 (D % 8 == 0), PAIR (D % 2 == 0), HAS_GAMMA,
+// SUBGROUP.
+//
+// Passes over the large tensors: x and dh_in are each read twice, dx written once.
+//   rows   (pass 1) per token: dh_pre = <dh_in, x_i> reduced over D, then the token's scalars:
+//          dh_mix [M] and coef = dinv_rms * inv_rms^3 / K into tok_data, and per-workgroup
+//          partial sums of dbias and dalpha (no float atomics: reruns give the same bits).
+//   cols   (pass 2) per column k of x over a segment of tokens: dv_mm = dh_mix @ phi, dx, and
+//          segment partials of dphi and dgamma.
+//   finish sums the partials in a fixed order.
+// dx needs dinv_rms, a reduction over the whole token, so it cannot be written in pass 1.
+
+struct Params {
+    t: u32,
+    hc_eps: f32,
+    post_mult: f32,
+    // rows: index of this dispatch's first workgroup among all partials of dalpha / dbias.
+    wg_base: u32,
+    // cols: tokens a segment; whether to add to the partials of an earlier token chunk.
+    seg_tokens: u32,
+    accumulate: u32,
+    // finish: how many partials there are.
+    n_small: u32,
+    n_segs: u32,
+}
+
+const SMALL: u32 = M + 3u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+#if VEC4
+@group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> dh_in: array<vec4<u32>>;
+#else
+@group(0) @binding(1) var<storage, read> x: array<u32>;
+@group(0) @binding(2) var<storage, read> dh_in: array<u32>;
+#endif
+@group(0) @binding(3) var<storage, read> alpha: array<f32>;
+@group(0) @binding(4) var<storage, read> inv_rms: array<f32>;
+@group(0) @binding(5) var<storage, read> h_mix: array<f32>;
+@group(0) @binding(6) var<storage, read> h_pre: array<f32>;
+@group(0) @binding(7) var<storage, read> h_post: array<f32>;
+@group(0) @binding(8) var<storage, read> dh_post: array<f32>;
+@group(0) @binding(9) var<storage, read> dh_res: array<f32>;
+@group(0) @binding(10) var<storage, read_write> tok_data: array<f32>;
+@group(0) @binding(11) var<storage, read_write> part_small: array<f32>;
+@group(0) @binding(12) var<storage, read> phi: array<f32>;
+#if HAS_GAMMA
+@group(0) @binding(13) var<storage, read> gamma: array<f32>;
+#endif
+#if PAIR
+@group(0) @binding(14) var<storage, read_write> dx: array<u32>;
+#else
+@group(0) @binding(14) var<storage, read_write> dx: array<atomic<u32>>;
+#endif
+@group(0) @binding(15) var<storage, read_write> part_phi: array<f32>;
+@group(0) @binding(16) var<storage, read_write> part_gamma: array<f32>;
+@group(0) @binding(17) var<storage, read_write> dphi: array<f32>;
+@group(0) @binding(18) var<storage, read_write> dgamma: array<f32>;
+@group(0) @binding(19) var<storage, read_write> dalpha: array<f32>;
+@group(0) @binding(20) var<storage, read_write> dbias: array<f32>;
+// `cols` reads x and dh_in as words whatever the vector width of `rows`.
+@group(0) @binding(21) var<storage, read> xw: array<u32>;
+@group(0) @binding(22) var<storage, read> dhw: array<u32>;
+
+var<workgroup> contrib: array<f32, TB * SMALL>;
+
+@compute @workgroup_size(WG)
+fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let group = group_index(wid, nwg);
+    let tok0 = group * TB;
+    if (tok0 >= params.t) {
+        return;
+    }
+    let lid = lane.lid;
+    // acc[b * N + i]: dh_pre of token b, stream i.
+    var acc: array<f32, NV>;
+#if VEC4
+    for (var e = lid; e < TB * (D / 8u); e += WG) {
+        let b = e / (D / 8u);
+        let w = e % (D / 8u);
+        let tok = tok0 + b;
+        if (tok < params.t) {
+            let g = dh_in[tok * (D / 8u) + w];
+            for (var i = 0u; i < N; i++) {
+                let q = x[tok * (K / 8u) + i * (D / 8u) + w];
+                acc[b * N + i] += dot(lo4(g), lo4(q)) + dot(hi4(g), hi4(q));
+            }
+        }
+    }
+#else
+    for (var e = lid; e < TB * D; e += WG) {
+        let b = e / D;
+        let d = e % D;
+        let tok = tok0 + b;
+        if (tok < params.t) {
+            let ge = tok * D + d;
+            let g = bf16_at(dh_in[ge >> 1u], ge);
+            for (var i = 0u; i < N; i++) {
+                let xe = tok * K + i * D + d;
+                acc[b * N + i] += g * bf16_at(x[xe >> 1u], xe);
+            }
+        }
+    }
+#endif
+    block_reduce(lane, &acc);
+
+    for (var b = lid; b < TB; b += WG) {
+        let tok = tok0 + b;
+        let c = b * SMALL;
+        if (tok >= params.t) {
+            for (var r = 0u; r < SMALL; r++) {
+                contrib[c + r] = 0.0;
+            }
+            continue;
+        }
+        let inv = inv_rms[tok];
+        var dinv = 0.0;
+        var da = vec3<f32>(0.0);
+        for (var i = 0u; i < N; i++) {
+            let s = h_pre[tok * N + i] - params.hc_eps;
+            let dpre2 = red_total[b * N + i] * s * (1.0 - s);
+            let hp = h_post[tok * N + i];
+            let dpost2 = dh_post[tok * N + i] * hp * (1.0 - hp / params.post_mult);
+            let hm_pre = h_mix[tok * M + i];
+            let hm_post = h_mix[tok * M + N + i];
+            let g_pre = alpha[0] * dpre2;
+            let g_post = alpha[1] * dpost2;
+            tok_data[tok * (M + 1u) + i] = g_pre * inv;
+            tok_data[tok * (M + 1u) + N + i] = g_post * inv;
+            dinv += g_pre * hm_pre + g_post * hm_post;
+            da.x += dpre2 * hm_pre * inv;
+            da.y += dpost2 * hm_post * inv;
+            contrib[c + i] = dpre2;
+            contrib[c + N + i] = dpost2;
+        }
+        for (var r = 0u; r < NN; r++) {
+            let dr = dh_res[tok * NN + r];
+            let hm = h_mix[tok * M + 2u * N + r];
+            let g = alpha[2] * dr;
+            tok_data[tok * (M + 1u) + 2u * N + r] = g * inv;
+            dinv += g * hm;
+            da.z += dr * hm * inv;
+            contrib[c + 2u * N + r] = dr;
+        }
+        tok_data[tok * (M + 1u) + M] = dinv * inv * inv * inv / f32(K);
+        contrib[c + M] = da.x;
+        contrib[c + M + 1u] = da.y;
+        contrib[c + M + 2u] = da.z;
+    }
+    workgroupBarrier();
+    for (var r = lid; r < SMALL; r += WG) {
+        var s = 0.0;
+        for (var b = 0u; b < TB; b++) {
+            s += contrib[b * SMALL + r];
+        }
+        part_small[(params.wg_base + group) * SMALL + r] = s;
+    }
+}
+
+var<workgroup> tok_s: array<f32, CHT * (M + 1u)>;
+var<workgroup> hpre_s: array<f32, CHT * N>;
+
+// Stages the scalars of tokens [tc, tc + cnt) for the whole workgroup.
+fn stage_tokens(lid: u32, tc: u32, cnt: u32) {
+    workgroupBarrier();
+    for (var e = lid; e < cnt * (M + 1u); e += WG) {
+        tok_s[e] = tok_data[tc * (M + 1u) + e];
+    }
+    for (var e = lid; e < cnt * N; e += WG) {
+        hpre_s[e] = h_pre[tc * N + e];
+    }
+    workgroupBarrier();
+}
+
+fn gamma_at(k: u32) -> f32 {
+#if HAS_GAMMA
+    return gamma[k];
+#else
+    return 1.0;
+#endif
+}
+
+fn add_partial(idx: u32, v: f32, is_phi: bool) {
+    if (is_phi) {
+        part_phi[idx] = select(v, part_phi[idx] + v, params.accumulate != 0u);
+    } else {
+        part_gamma[idx] = select(v, part_gamma[idx] + v, params.accumulate != 0u);
+    }
+}
+
+#if PAIR
+// Each invocation owns one u32 word of a row of x: columns k0 and k0 + 1 of the same stream.
+const CB: u32 = (K / 2u + WG - 1u) / WG;
+
+@compute @workgroup_size(WG)
+fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    // Workgroups are laid out column block fastest, then segment of tokens.
+    let group = group_index(wid, nwg);
+    let seg = group / CB;
+    if (seg >= params.n_segs) {
+        return;
+    }
+    let c = (group % CB) * WG + lid;
+    let valid = c < K / 2u;
+    let k0 = 2u * min(c, K / 2u - 1u);
+    let i = k0 / D;
+    let d0 = k0 % D;
+    var p0: array<f32, M>;
+    var p1: array<f32, M>;
+    for (var m = 0u; m < M; m++) {
+        p0[m] = phi[m * K + k0];
+        p1[m] = phi[m * K + k0 + 1u];
+    }
+    let g0 = gamma_at(k0);
+    let g1 = gamma_at(k0 + 1u);
+    var a0: array<f32, M>;
+    var a1: array<f32, M>;
+    var ga0 = 0.0;
+    var ga1 = 0.0;
+    let t_begin = seg * params.seg_tokens;
+    let t_end = min(t_begin + params.seg_tokens, params.t);
+    for (var tc = t_begin; tc < t_end; tc += CHT) {
+        let cnt = min(CHT, t_end - tc);
+        stage_tokens(lid, tc, cnt);
+        if (valid) {
+            for (var u = 0u; u < cnt; u++) {
+                let tok = tc + u;
+                let word = xw[tok * (K / 2u) + c];
+                let v0 = bf16_lo(word);
+                let v1 = bf16_hi(word);
+                let gw = dhw[(tok * D + d0) / 2u];
+                var dv0 = 0.0;
+                var dv1 = 0.0;
+                for (var m = 0u; m < M; m++) {
+                    let h = tok_s[u * (M + 1u) + m];
+                    dv0 += h * p0[m];
+                    dv1 += h * p1[m];
+                    a0[m] += h * v0;
+                    a1[m] += h * v1;
+                }
+                let coef = tok_s[u * (M + 1u) + M];
+                let hp = hpre_s[u * N + i];
+                let r0 = dv0 * g0 - coef * v0 + hp * bf16_lo(gw);
+                let r1 = dv1 * g1 - coef * v1 + hp * bf16_hi(gw);
+                dx[tok * (K / 2u) + c] = bf16_bits(r0) | (bf16_bits(r1) << 16u);
+                ga0 += v0 * dv0;
+                ga1 += v1 * dv1;
+            }
+        }
+    }
+    if (valid) {
+        for (var m = 0u; m < M; m++) {
+            add_partial(seg * M * K + m * K + k0, a0[m] * g0, true);
+            add_partial(seg * M * K + m * K + k0 + 1u, a1[m] * g1, true);
+        }
+        add_partial(seg * K + k0, ga0, false);
+        add_partial(seg * K + k0 + 1u, ga1, false);
+    }
+}
+#else
+// Odd D: one column an invocation; dx rows share words, so halves are replaced atomically.
+const CB: u32 = (K + WG - 1u) / WG;
+
+@compute @workgroup_size(WG)
+fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let group = group_index(wid, nwg);
+    let seg = group / CB;
+    if (seg >= params.n_segs) {
+        return;
+    }
+    let kk = (group % CB) * WG + lid;
+    let valid = kk < K;
+    let k = min(kk, K - 1u);
+    let i = k / D;
+    let d = k % D;
+    var p: array<f32, M>;
+    for (var m = 0u; m < M; m++) {
+        p[m] = phi[m * K + k];
+    }
+    let g = gamma_at(k);
+    var a: array<f32, M>;
+    var ga = 0.0;
+    let t_begin = seg * params.seg_tokens;
+    let t_end = min(t_begin + params.seg_tokens, params.t);
+    for (var tc = t_begin; tc < t_end; tc += CHT) {
+        let cnt = min(CHT, t_end - tc);
+        stage_tokens(lid, tc, cnt);
+        if (valid) {
+            for (var u = 0u; u < cnt; u++) {
+                let tok = tc + u;
+                let xe = tok * K + k;
+                let v = bf16_at(xw[xe >> 1u], xe);
+                let ge = tok * D + d;
+                let dh = bf16_at(dhw[ge >> 1u], ge);
+                var dv = 0.0;
+                for (var m = 0u; m < M; m++) {
+                    let h = tok_s[u * (M + 1u) + m];
+                    dv += h * p[m];
+                    a[m] += h * v;
+                }
+                let r = dv * g - tok_s[u * (M + 1u) + M] * v + hpre_s[u * N + i] * dh;
+                atomicAnd(&dx[xe >> 1u], half_keep(xe));
+                atomicOr(&dx[xe >> 1u], half_bits(xe, r));
+                ga += v * dv;
+            }
+        }
+    }
+    if (valid) {
+        for (var m = 0u; m < M; m++) {
+            add_partial(seg * M * K + m * K + k, a[m] * g, true);
+        }
+        add_partial(seg * K + k, ga, false);
+    }
+}
+#endif
+
+@compute @workgroup_size(WG)
+fn finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = group_index(wid, nwg) * WG + lid;
+    if (e < M * K) {
+        var s = 0.0;
+        for (var g = 0u; g < params.n_segs; g++) {
+            s += part_phi[g * M * K + e];
+        }
+        dphi[e] = s;
+    }
+    if (e < K) {
+        var s = 0.0;
+        for (var g = 0u; g < params.n_segs; g++) {
+            s += part_gamma[g * K + e];
+        }
+        dgamma[e] = s;
+    }
+}
+
+var<workgroup> fin: array<f32, WG>;
+
+// One workgroup for each of dbias[0..M] and dalpha[0..3]: a fixed-shape tree over the partials.
+@compute @workgroup_size(WG)
+fn finish_small(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = group_index(wid, nwg);
+    if (r >= SMALL) {
+        return;
+    }
+    var s = 0.0;
+    for (var p = lid; p < params.n_small; p += WG) {
+        s += part_small[p * SMALL + r];
+    }
+    fin[lid] = s;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if (lid < stride) {
+            fin[lid] += fin[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        if (r < M) {
+            dbias[r] = fin[0];
+        } else {
+            dalpha[r - M] = fin[0];
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Shared by the GPU tests: contexts on the default adapter, upload and comparison helpers.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use mhc::core::accuracy::{Tolerance, compare};
+use mhc::core::{DType, HostTensor, TensorMeta};
+use mhc::runtime::{Context, ContextOptions, GpuTensor};
+
+/// The default adapter, shared by all tests of a binary (lavapipe in CI).
+pub fn ctx() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| Context::new().expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)"))
+}
+
+/// The same adapter with subgroups off: the shared-memory reduction path.
+pub fn ctx_portable() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| {
+        Context::with_options(ContextOptions { use_subgroups: false, ..Default::default() }).expect("a wgpu adapter")
+    })
+}
+
+/// Tiny binding and grid limits, so moderate inputs take the token-chunk and 2D-grid paths.
+pub fn ctx_small_limits() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| {
+        Context::with_options(ContextOptions {
+            max_binding_size: Some(64 << 10),
+            max_workgroups_per_dimension: Some(7),
+            ..Default::default()
+        })
+        .expect("a wgpu adapter")
+    })
+}
+
+pub fn up(ctx: &Context, name: &str, t: &HostTensor) -> GpuTensor {
+    GpuTensor::upload(ctx, name, t).unwrap_or_else(|e| panic!("upload {name}: {e}"))
+}
+
+/// Fills every output with 0xFF bytes (NaN in f32 and bf16) so an element a kernel skips
+/// cannot pass as correct.
+pub fn poison(ctx: &Context, outs: &[&GpuTensor]) {
+    for o in outs {
+        o.fill_bytes(ctx, 0xFF);
+    }
+}
+
+/// Asserts SPEC.md section 5's tolerance for `out` (read back) against the f64 reference.
+pub fn check(ctx: &Context, name: &str, out: &GpuTensor, reference: &[f64], tol: Option<Tolerance>, seed: u64) {
+    let host = out.read(ctx).unwrap_or_else(|e| panic!("reading {name}: {e}"));
+    check_host(name, &host, reference, tol, seed);
+}
+
+pub fn check_host(name: &str, host: &HostTensor, reference: &[f64], tol: Option<Tolerance>, seed: u64) {
+    let tol = tol.unwrap_or_else(|| Tolerance::for_dtype(host.dtype()));
+    let c = compare(name, host, reference, tol);
+    assert!(
+        c.passed(),
+        "{name} {:?}: {} (max err {:.3e}, norm err {:.3e}); replay with MHC_SEED={seed}",
+        host.shape(),
+        c.failure.unwrap_or_default(),
+        c.max_abs_err,
+        c.norm_err
+    );
+}
+
+/// Bitwise equality of two reads of the same output.
+pub fn same_bits(ctx: &Context, name: &str, a: &GpuTensor, b: &GpuTensor) {
+    let (x, y) = (a.read(ctx).unwrap(), b.read(ctx).unwrap());
+    assert_eq!(x.as_le_bytes(), y.as_le_bytes(), "{name}: two runs differ");
+}
+
+pub fn f32_of(t: &HostTensor) -> Vec<f64> {
+    assert_eq!(t.dtype(), DType::F32);
+    t.to_f64()
+}

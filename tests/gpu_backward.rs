@@ -1,0 +1,276 @@
+//! mhc_pre backward, mhc_post backward and Sinkhorn forward / backward on the GPU against the
+//! golden f64 reference, plus run-to-run determinism.
+
+mod common;
+
+use common::*;
+use mhc::core::accuracy::Tolerance;
+use mhc::core::golden::{PreSaved, post_backward_f64, pre_backward_f64, sinkhorn_backward_f64, sinkhorn_forward_f64};
+use mhc::core::random::{PostInputs, PreBackwardData, TensorRng, seed_from_env};
+use mhc::core::{Dims, HostTensor, PostForwardInputs, PreBackwardInputs, PreForwardInputs, PreParams, SinkhornParams};
+use mhc::runtime::{Context, GpuTensor, ops};
+
+struct PreBackwardGpu {
+    t: Vec<GpuTensor>,
+    gamma: Option<GpuTensor>,
+}
+
+impl PreBackwardGpu {
+    fn upload(ctx: &Context, h: &PreBackwardData) -> Self {
+        let s = &h.saved;
+        let named = [
+            ("x", &h.fwd.x),
+            ("phi", &h.fwd.phi),
+            ("alpha", &h.fwd.alpha),
+            ("bias", &h.fwd.bias),
+            ("inv_rms", &s.inv_rms),
+            ("h_mix", &s.h_mix),
+            ("h_pre", &s.h_pre),
+            ("h_post", &s.h_post),
+            ("dh_in", &h.dh_in),
+            ("dh_post", &h.dh_post),
+            ("dh_res", &h.dh_res),
+        ];
+        Self {
+            t: named.iter().map(|(n, t)| up(ctx, n, t)).collect(),
+            gamma: h.fwd.gamma.as_ref().map(|g| up(ctx, "gamma", g)),
+        }
+    }
+
+    fn inputs(&self) -> PreBackwardInputs<'_, GpuTensor> {
+        let t = &self.t;
+        PreBackwardInputs {
+            fwd: PreForwardInputs { x: &t[0], phi: &t[1], alpha: &t[2], bias: &t[3], gamma: self.gamma.as_ref() },
+            inv_rms: &t[4],
+            h_mix: &t[5],
+            h_pre: &t[6],
+            h_post: &t[7],
+            dh_in: &t[8],
+            dh_post: &t[9],
+            dh_res: &t[10],
+        }
+    }
+}
+
+fn run_pre_backward(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool) {
+    let seed = seed_from_env();
+    let dims = Dims::new(t, n, d).unwrap();
+    let p = PreParams { post_mult: 1.5, hc_eps: 1e-3, ..Default::default() };
+    let h = PreBackwardData::random(&mut TensorRng::new(seed), &dims, gamma, &p);
+    let g = PreBackwardGpu::upload(ctx, &h);
+    let out = ops::PreBackwardOutputs::zeros(ctx, &dims).unwrap();
+    poison(ctx, &[&out.dx, &out.dphi, &out.dalpha, &out.dbias, &out.dgamma]);
+    ops::pre_backward_into(ctx, &g.inputs(), &out, &p).unwrap();
+
+    let s = &h.saved;
+    let (inv_rms, h_mix, h_pre, h_post) = (s.inv_rms.to_f64(), s.h_mix.to_f64(), s.h_pre.to_f64(), s.h_post.to_f64());
+    let gf = h.fwd.gamma.as_ref().map(HostTensor::to_f64);
+    let r = pre_backward_f64(
+        &dims,
+        &h.fwd.x.to_f64(),
+        &h.fwd.phi.to_f64(),
+        &h.fwd.alpha.to_f64(),
+        gf.as_deref(),
+        PreSaved { inv_rms: &inv_rms, h_mix: &h_mix, h_pre: &h_pre, h_post: &h_post },
+        &h.dh_in.to_f64(),
+        &h.dh_post.to_f64(),
+        &h.dh_res.to_f64(),
+        &p,
+    );
+    let what = format!("pre_backward T={t} n={n} D={d} gamma={gamma}");
+    check(ctx, &format!("{what} dx"), &out.dx, &r.dx, None, seed);
+    check(ctx, &format!("{what} dphi"), &out.dphi, &r.dphi, None, seed);
+    check(ctx, &format!("{what} dalpha"), &out.dalpha, &r.dalpha, None, seed);
+    check(ctx, &format!("{what} dbias"), &out.dbias, &r.dbias, None, seed);
+    check(ctx, &format!("{what} dgamma"), &out.dgamma, &r.dgamma, None, seed);
+}
+
+#[test]
+fn pre_backward_matches_golden_over_shapes() {
+    for n in [1, 2, 4, 8] {
+        for d in [1, 3, 127, 256] {
+            run_pre_backward(ctx(), 6, n, d, d != 3);
+        }
+    }
+    run_pre_backward(ctx(), 1, 4, 64, true);
+    run_pre_backward(ctx(), 300, 4, 64, false);
+}
+
+#[test]
+fn pre_backward_without_subgroups() {
+    run_pre_backward(ctx_portable(), 9, 4, 40, true);
+}
+
+/// 530,000 tokens at 8 a `rows` workgroup need 66,250 workgroups.
+#[test]
+fn pre_backward_beyond_one_dispatch_dimension() {
+    run_pre_backward(ctx(), 530_000, 1, 2, true);
+}
+
+#[test]
+fn pre_backward_token_chunks() {
+    run_pre_backward(ctx_small_limits(), 700, 4, 64, true);
+    run_pre_backward(ctx_small_limits(), 1300, 2, 5, false);
+}
+
+fn run_post_backward(ctx: &Context, t: usize, n: usize, d: usize, plm_3d: bool) {
+    let seed = seed_from_env();
+    let dims = Dims::new(t, n, d).unwrap();
+    let h = PostInputs::random(&mut TensorRng::new(seed), &dims);
+    let plm_host =
+        if plm_3d { h.post_layer_mix.clone().reshaped([t, n, 1]).unwrap() } else { h.post_layer_mix.clone() };
+    let (x, res, plm, comb, dout) = (
+        up(ctx, "x", &h.x),
+        up(ctx, "residual", &h.residual),
+        up(ctx, "plm", &plm_host),
+        up(ctx, "comb", &h.comb_res_mix),
+        up(ctx, "d_out", &h.d_out),
+    );
+    let inputs = PostForwardInputs { x: &x, residual: &res, post_layer_mix: &plm, comb_res_mix: &comb };
+    let out = ops::PostBackwardOutputs::zeros(ctx, &dims, plm_host.shape()).unwrap();
+    poison(ctx, &[&out.dx, &out.dresidual, &out.dpost_layer_mix, &out.dcomb_res_mix]);
+    ops::post_backward_into(ctx, &inputs, &dout, &out).unwrap();
+    let r = post_backward_f64(
+        &dims,
+        &h.x.to_f64(),
+        &h.residual.to_f64(),
+        &h.post_layer_mix.to_f64(),
+        &h.comb_res_mix.to_f64(),
+        &h.d_out.to_f64(),
+    );
+    let what = format!("post_backward T={t} n={n} D={d}");
+    check(ctx, &format!("{what} dx"), &out.dx, &r.dx, None, seed);
+    check(ctx, &format!("{what} dresidual"), &out.dresidual, &r.dresidual, None, seed);
+    check(ctx, &format!("{what} dpost_layer_mix"), &out.dpost_layer_mix, &r.dpost_layer_mix, None, seed);
+    check(ctx, &format!("{what} dcomb_res_mix"), &out.dcomb_res_mix, &r.dcomb_res_mix, None, seed);
+}
+
+use mhc::core::TensorMeta;
+
+#[test]
+fn post_backward_matches_golden_over_shapes() {
+    for n in [1, 2, 4, 8] {
+        for d in [1, 3, 127, 256] {
+            run_post_backward(ctx(), 5, n, d, d == 3);
+        }
+    }
+    run_post_backward(ctx(), 1, 4, 64, false);
+    run_post_backward(ctx_portable(), 7, 4, 24, false);
+}
+
+/// 530,000 tokens at 8 a workgroup need 66,250 workgroups.
+#[test]
+fn post_backward_beyond_one_dispatch_dimension() {
+    run_post_backward(ctx(), 530_000, 1, 1, false);
+}
+
+#[test]
+fn post_backward_token_chunks() {
+    run_post_backward(ctx_small_limits(), 900, 4, 64, true);
+}
+
+fn run_sinkhorn(ctx: &Context, t: usize, n: usize, p: SinkhornParams) {
+    let seed = seed_from_env();
+    let mut rng = TensorRng::new(seed);
+    // Logits of the size mHC layers produce; much wider ones converge more slowly than 20
+    // iterations allow, in the golden reference as on the GPU.
+    let logits = rng.f32(&[t, n, n], -1.0, 1.0);
+    let d_out = rng.f32(&[t, n, n], -1.0, 1.0);
+    let (gl, gd) = (up(ctx, "logits", &logits), up(ctx, "d_out", &d_out));
+    let out = GpuTensor::zeros(ctx, "out", &[t, n, n], mhc::core::DType::F32).unwrap();
+    let dl = GpuTensor::zeros(ctx, "d_logits", &[t, n, n], mhc::core::DType::F32).unwrap();
+    poison(ctx, &[&out, &dl]);
+    ops::sinkhorn_forward_into(ctx, &gl, &out, &p).unwrap();
+    ops::sinkhorn_backward_into(ctx, &gl, &gd, &dl, &p).unwrap();
+    let what = format!("sinkhorn T={t} n={n} iters={}", p.iters);
+    let host = out.read(ctx).unwrap();
+    check_host(&format!("{what} out"), &host, &sinkhorn_forward_f64(n, &logits.to_f64(), &p), None, seed);
+    let r = sinkhorn_backward_f64(n, &logits.to_f64(), &d_out.to_f64(), &p);
+    check(ctx, &format!("{what} d_logits"), &dl, &r, Some(Tolerance::sinkhorn_backward()), seed);
+    if p.iters >= 20 {
+        // Doubly stochastic: every row and column sums to 1 within 1e-5.
+        let v = host.as_f32().unwrap();
+        for tok in 0..t {
+            for a in 0..n {
+                let row: f32 = (0..n).map(|b| v[tok * n * n + a * n + b]).sum();
+                let col: f32 = (0..n).map(|b| v[tok * n * n + b * n + a]).sum();
+                assert!(
+                    (row - 1.0).abs() <= 1e-5 && (col - 1.0).abs() <= 1e-5,
+                    "{what}: token {tok} line {a}: row {row} col {col}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sinkhorn_matches_golden() {
+    for n in [1, 2, 4, 8] {
+        run_sinkhorn(ctx(), 33, n, SinkhornParams::default());
+    }
+    run_sinkhorn(ctx(), 5, 3, SinkhornParams { iters: 1, eps: 1e-6 });
+    run_sinkhorn(ctx(), 5, 4, SinkhornParams { iters: 7, eps: 1e-3 });
+}
+
+/// 4,200,000 tokens at 64 a workgroup need 65,625 workgroups.
+#[test]
+fn sinkhorn_beyond_one_dispatch_dimension() {
+    run_sinkhorn(ctx(), 4_200_000, 1, SinkhornParams { iters: 2, eps: 1e-6 });
+}
+
+#[test]
+fn sinkhorn_token_chunks() {
+    run_sinkhorn(ctx_small_limits(), 3000, 4, SinkhornParams::default());
+}
+
+#[test]
+fn backward_runs_are_bitwise_identical() {
+    let ctx = ctx();
+    let dims = Dims::new(700, 4, 48).unwrap();
+    let p = PreParams::default();
+    let h = PreBackwardData::random(&mut TensorRng::new(seed_from_env()), &dims, true, &p);
+    let g = PreBackwardGpu::upload(ctx, &h);
+    let a = ops::pre_backward(ctx, &g.inputs(), &p).unwrap();
+    let b = ops::pre_backward(ctx, &g.inputs(), &p).unwrap();
+    for (name, x, y) in [
+        ("dx", &a.dx, &b.dx),
+        ("dphi", &a.dphi, &b.dphi),
+        ("dalpha", &a.dalpha, &b.dalpha),
+        ("dbias", &a.dbias, &b.dbias),
+        ("dgamma", &a.dgamma, &b.dgamma),
+    ] {
+        same_bits(ctx, name, x, y);
+    }
+    let ph = PostInputs::random(&mut TensorRng::new(seed_from_env()), &dims);
+    let (x, res, plm, comb, dout) = (
+        up(ctx, "x", &ph.x),
+        up(ctx, "residual", &ph.residual),
+        up(ctx, "plm", &ph.post_layer_mix),
+        up(ctx, "comb", &ph.comb_res_mix),
+        up(ctx, "d_out", &ph.d_out),
+    );
+    let pin = PostForwardInputs { x: &x, residual: &res, post_layer_mix: &plm, comb_res_mix: &comb };
+    let (a, b) = (ops::post_backward(ctx, &pin, &dout).unwrap(), ops::post_backward(ctx, &pin, &dout).unwrap());
+    for (name, x, y) in [
+        ("dx", &a.dx, &b.dx),
+        ("dresidual", &a.dresidual, &b.dresidual),
+        ("dpost_layer_mix", &a.dpost_layer_mix, &b.dpost_layer_mix),
+        ("dcomb_res_mix", &a.dcomb_res_mix, &b.dcomb_res_mix),
+    ] {
+        same_bits(ctx, name, x, y);
+    }
+    let logits = up(ctx, "logits", &TensorRng::new(3).f32(&[300, 4, 4], -2.0, 2.0));
+    let sp = SinkhornParams::default();
+    same_bits(
+        ctx,
+        "sinkhorn out",
+        &ops::sinkhorn_forward(ctx, &logits, &sp).unwrap(),
+        &ops::sinkhorn_forward(ctx, &logits, &sp).unwrap(),
+    );
+    same_bits(
+        ctx,
+        "sinkhorn d_logits",
+        &ops::sinkhorn_backward(ctx, &logits, &logits, &sp).unwrap(),
+        &ops::sinkhorn_backward(ctx, &logits, &logits, &sp).unwrap(),
+    );
+}

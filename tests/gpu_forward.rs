@@ -1,0 +1,250 @@
+//! mhc_pre forward and mhc_post forward on the GPU against the golden f64 reference.
+
+mod common;
+
+use common::*;
+use mhc::core::golden::{post_forward_f64, pre_forward_f64, sinkhorn_forward_f64};
+use mhc::core::random::{PostInputs, PreInputs, TensorRng, seed_from_env};
+use mhc::core::{DType, Dims, Error, HostTensor, PostForwardInputs, PreForwardInputs, PreParams, SinkhornParams};
+use mhc::runtime::{Context, GpuTensor, ops};
+
+fn run_pre_forward(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool, sinkhorn: Option<SinkhornParams>) {
+    let seed = seed_from_env();
+    let dims = Dims::new(t, n, d).unwrap();
+    let p = PreParams { post_mult: 1.7, ..Default::default() };
+    let host = PreInputs::random(&mut TensorRng::new(seed), &dims, gamma);
+    let (x, phi, alpha, bias) =
+        (up(ctx, "x", &host.x), up(ctx, "phi", &host.phi), up(ctx, "alpha", &host.alpha), up(ctx, "bias", &host.bias));
+    let g = host.gamma.as_ref().map(|g| up(ctx, "gamma", g));
+    let inputs = PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: g.as_ref() };
+    let out = ops::PreForwardOutputs::zeros(ctx, &dims, sinkhorn.is_some()).unwrap();
+    let mut all = vec![&out.h_in, &out.h_post, &out.h_res, &out.inv_rms, &out.h_mix, &out.h_pre];
+    all.extend(out.h_res_logits.as_ref());
+    poison(ctx, &all);
+    ops::pre_forward_into(ctx, &inputs, &out, &p, sinkhorn.as_ref()).unwrap();
+
+    let gf = host.gamma.as_ref().map(HostTensor::to_f64);
+    let r = pre_forward_f64(
+        &dims,
+        &host.x.to_f64(),
+        &host.phi.to_f64(),
+        &host.alpha.to_f64(),
+        &host.bias.to_f64(),
+        gf.as_deref(),
+        &p,
+    );
+    let what = format!("pre_forward T={t} n={n} D={d} gamma={gamma}");
+    check(ctx, &format!("{what} h_in"), &out.h_in, &r.h_in, None, seed);
+    check(ctx, &format!("{what} h_post"), &out.h_post, &r.h_post, None, seed);
+    check(ctx, &format!("{what} inv_rms"), &out.inv_rms, &r.inv_rms, None, seed);
+    check(ctx, &format!("{what} h_mix"), &out.h_mix, &r.h_mix, None, seed);
+    check(ctx, &format!("{what} h_pre"), &out.h_pre, &r.h_pre, None, seed);
+    match sinkhorn {
+        None => check(ctx, &format!("{what} h_res"), &out.h_res, &r.h_res, None, seed),
+        Some(sp) => {
+            let logits = out.h_res_logits.as_ref().unwrap();
+            check(ctx, &format!("{what} h_res_logits"), logits, &r.h_res, None, seed);
+            // The projection of the reference logits.
+            let proj = sinkhorn_forward_f64(n, &r.h_res, &sp);
+            check(ctx, &format!("{what} fused sinkhorn h_res"), &out.h_res, &proj, None, seed);
+        }
+    }
+}
+
+#[test]
+fn pre_forward_matches_golden_over_shapes() {
+    for n in [1, 2, 4, 8] {
+        for d in [1, 3, 127, 256] {
+            run_pre_forward(ctx(), 5, n, d, d % 2 == 1, None);
+        }
+    }
+}
+
+#[test]
+fn pre_forward_single_token_and_gamma_variants() {
+    for gamma in [false, true] {
+        run_pre_forward(ctx(), 1, 4, 64, gamma, None);
+        run_pre_forward(ctx(), 3, 4, 24, gamma, None);
+    }
+}
+
+#[test]
+fn pre_forward_without_subgroups() {
+    run_pre_forward(ctx_portable(), 7, 4, 64, true, None);
+    run_pre_forward(ctx_portable(), 4, 3, 5, false, None);
+}
+
+#[test]
+fn pre_forward_with_fused_sinkhorn() {
+    for n in [1, 4, 8] {
+        run_pre_forward(ctx(), 6, n, 32, true, Some(SinkhornParams::default()));
+    }
+    run_pre_forward(ctx(), 3, 2, 3, false, Some(SinkhornParams { iters: 3, eps: 1e-3 }));
+}
+
+/// 530,000 tokens at 8 a workgroup need 66,250 workgroups: more than one grid dimension holds.
+#[test]
+fn pre_forward_beyond_one_dispatch_dimension() {
+    run_pre_forward(ctx(), 530_000, 1, 1, true, None);
+}
+
+/// Tokens split into chunks of at most 64 KiB bindings, with 2D grids of at most 7 columns.
+#[test]
+fn pre_forward_token_chunks() {
+    run_pre_forward(ctx_small_limits(), 700, 4, 64, true, None);
+    run_pre_forward(ctx_small_limits(), 1001, 2, 9, false, Some(SinkhornParams::default()));
+}
+
+fn run_post_forward(ctx: &Context, t: usize, n: usize, d: usize) {
+    let seed = seed_from_env();
+    let dims = Dims::new(t, n, d).unwrap();
+    let host = PostInputs::random(&mut TensorRng::new(seed), &dims);
+    let (x, res, plm, comb) = (
+        up(ctx, "x", &host.x),
+        up(ctx, "residual", &host.residual),
+        up(ctx, "plm", &host.post_layer_mix),
+        up(ctx, "comb", &host.comb_res_mix),
+    );
+    let inputs = PostForwardInputs { x: &x, residual: &res, post_layer_mix: &plm, comb_res_mix: &comb };
+    let out = GpuTensor::zeros(ctx, "out", &[t, n, d], DType::BF16).unwrap();
+    poison(ctx, &[&out]);
+    ops::post_forward_into(ctx, &inputs, &out).unwrap();
+    let r = post_forward_f64(
+        &dims,
+        &host.x.to_f64(),
+        &host.residual.to_f64(),
+        &host.post_layer_mix.to_f64(),
+        &host.comb_res_mix.to_f64(),
+    );
+    check(ctx, &format!("post_forward T={t} n={n} D={d} out"), &out, &r, None, seed);
+}
+
+#[test]
+fn post_forward_matches_golden_over_shapes() {
+    for n in [1, 2, 4, 8] {
+        for d in [1, 3, 127, 256] {
+            run_post_forward(ctx(), 5, n, d);
+        }
+    }
+    run_post_forward(ctx(), 1, 4, 64);
+}
+
+#[test]
+fn post_forward_token_chunks_and_wide_grids() {
+    run_post_forward(ctx_small_limits(), 900, 4, 64);
+    run_post_forward(ctx_small_limits(), 1500, 3, 7);
+}
+
+#[test]
+fn forward_runs_are_bitwise_identical() {
+    let ctx = ctx();
+    let dims = Dims::new(37, 4, 40).unwrap();
+    let host = PreInputs::random(&mut TensorRng::new(seed_from_env()), &dims, true);
+    let (x, phi, alpha, bias, g) = (
+        up(ctx, "x", &host.x),
+        up(ctx, "phi", &host.phi),
+        up(ctx, "alpha", &host.alpha),
+        up(ctx, "bias", &host.bias),
+        up(ctx, "gamma", host.gamma.as_ref().unwrap()),
+    );
+    let inputs = PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: Some(&g) };
+    let a = ops::pre_forward(ctx, &inputs, &PreParams::default(), Some(&SinkhornParams::default())).unwrap();
+    let b = ops::pre_forward(ctx, &inputs, &PreParams::default(), Some(&SinkhornParams::default())).unwrap();
+    for (name, p, q) in [
+        ("h_in", &a.h_in, &b.h_in),
+        ("h_mix", &a.h_mix, &b.h_mix),
+        ("h_res", &a.h_res, &b.h_res),
+        ("inv_rms", &a.inv_rms, &b.inv_rms),
+    ] {
+        same_bits(ctx, name, p, q);
+    }
+    let post = PostInputs::random(&mut TensorRng::new(seed_from_env()), &dims);
+    let (px, pr, pl, pc) = (
+        up(ctx, "x", &post.x),
+        up(ctx, "residual", &post.residual),
+        up(ctx, "plm", &post.post_layer_mix),
+        up(ctx, "comb", &post.comb_res_mix),
+    );
+    let pin = PostForwardInputs { x: &px, residual: &pr, post_layer_mix: &pl, comb_res_mix: &pc };
+    same_bits(ctx, "post out", &ops::post_forward(ctx, &pin).unwrap(), &ops::post_forward(ctx, &pin).unwrap());
+}
+
+#[test]
+fn bad_inputs_are_errors_naming_the_tensor() {
+    let ctx = ctx();
+    let dims = Dims::new(4, 4, 16).unwrap();
+    let host = PreInputs::random(&mut TensorRng::new(1), &dims, false);
+    let (x, phi, alpha, bias) =
+        (up(ctx, "x", &host.x), up(ctx, "phi", &host.phi), up(ctx, "alpha", &host.alpha), up(ctx, "bias", &host.bias));
+    let p = PreParams::default();
+    let msg = |e: Error| e.to_string();
+
+    // phi of the wrong width.
+    let bad_phi = GpuTensor::zeros(ctx, "phi", &[24, 63], DType::F32).unwrap();
+    let e = ops::pre_forward(
+        ctx,
+        &PreForwardInputs { x: &x, phi: &bad_phi, alpha: &alpha, bias: &bias, gamma: None },
+        &p,
+        None,
+    )
+    .unwrap_err();
+    assert!(msg(e.clone()).starts_with("phi:") && msg(e).contains("[24, 64]"));
+
+    // x in f32.
+    let x32 = GpuTensor::zeros(ctx, "x", &[4, 4, 16], DType::F32).unwrap();
+    let e = ops::pre_forward(
+        ctx,
+        &PreForwardInputs { x: &x32, phi: &phi, alpha: &alpha, bias: &bias, gamma: None },
+        &p,
+        None,
+    )
+    .unwrap_err();
+    assert!(msg(e).starts_with("x: expected dtype bf16"));
+
+    // An output of the wrong token count.
+    let mut out = ops::PreForwardOutputs::zeros(ctx, &dims, false).unwrap();
+    out.h_mix = GpuTensor::zeros(ctx, "h_mix", &[5, 24], DType::F32).unwrap();
+    let e = ops::pre_forward_into(
+        ctx,
+        &PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: None },
+        &out,
+        &p,
+        None,
+    )
+    .unwrap_err();
+    assert!(msg(e).starts_with("h_mix:"));
+
+    // A caller's buffer too small for the shape it claims.
+    let small = ctx.device().create_buffer(&mhc::runtime::wgpu::BufferDescriptor {
+        label: None,
+        size: 64,
+        usage: mhc::runtime::wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let e = GpuTensor::from_buffer("residual", small, &[4, 4, 16], DType::BF16).unwrap_err();
+    assert!(msg(e).starts_with("residual:"));
+
+    // Post forward with comb_res_mix of the wrong shape.
+    let post = PostInputs::random(&mut TensorRng::new(2), &dims);
+    let (px, pr, pl) =
+        (up(ctx, "x", &post.x), up(ctx, "residual", &post.residual), up(ctx, "plm", &post.post_layer_mix));
+    let bad_comb = GpuTensor::zeros(ctx, "comb", &[4, 4, 3], DType::F32).unwrap();
+    let e = ops::post_forward(
+        ctx,
+        &PostForwardInputs { x: &px, residual: &pr, post_layer_mix: &pl, comb_res_mix: &bad_comb },
+    )
+    .unwrap_err();
+    assert!(msg(e).starts_with("comb_res_mix:"));
+
+    // A fused Sinkhorn without somewhere to put the logits.
+    let out = ops::PreForwardOutputs::zeros(ctx, &dims, false).unwrap();
+    let e = ops::pre_forward_into(
+        ctx,
+        &PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: None },
+        &out,
+        &p,
+        Some(&SinkhornParams::default()),
+    )
+    .unwrap_err();
+    assert!(msg(e).starts_with("h_res_logits"));
+}
