@@ -5,6 +5,8 @@
 //! - [`wgsl`]: the WGSL kernels and their specialisation.
 //! - [`runtime`]: the wgpu context, GPU tensors and the operators ([`runtime::ops`]).
 
+pub mod exec;
+
 pub use mhc_core as core;
 pub use mhc_runtime as runtime;
 pub use mhc_wgsl as wgsl;

@@ -52,6 +52,7 @@ pub struct Context {
     max_binding: u64,
     max_groups: u32,
     pub(crate) pipelines: PipelineCache,
+    pub(crate) timer: crate::timing::TimerSlot,
     lost: Arc<Mutex<Option<String>>>,
 }
 
@@ -150,7 +151,17 @@ impl Context {
             .max_compute_workgroups_per_dimension
             .min(opts.max_workgroups_per_dimension.unwrap_or(u32::MAX))
             .max(1);
-        Ok(Self { device, queue, info, caps, max_binding, max_groups, pipelines: PipelineCache::default(), lost })
+        Ok(Self {
+            device,
+            queue,
+            info,
+            caps,
+            max_binding,
+            max_groups,
+            pipelines: PipelineCache::default(),
+            timer: Default::default(),
+            lost,
+        })
     }
 
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {

@@ -177,8 +177,14 @@ impl Context {
         self.scoped(what, || {
             let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
             {
+                let timing = self.timer.next_pass();
+                let timestamp_writes = timing.as_ref().map(|(set, first)| wgpu::ComputePassTimestampWrites {
+                    query_set: set,
+                    beginning_of_pass_write_index: Some(*first),
+                    end_of_pass_write_index: Some(first + 1),
+                });
                 let mut pass =
-                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(what), timestamp_writes: None });
+                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(what), timestamp_writes });
                 record(&mut pass)?;
             }
             self.queue.submit([enc.finish()]);

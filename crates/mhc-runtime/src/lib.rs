@@ -1,11 +1,15 @@
 //! The wgpu runtime of mhc: device setup ([`Context`]), GPU tensors ([`GpuTensor`]), the
-//! pipeline cache, dispatch over token chunks, and the operators in [`ops`].
+//! pipeline cache, dispatch over token chunks, the operators in [`ops`], and the layer-level
+//! API of [`layer`] (forward/backward pairs holding parameters, and an SGD step).
 
+pub mod ceilings;
 mod context;
 mod dispatch;
+pub mod layer;
 pub mod ops;
 mod pipeline;
 mod tensor;
+mod timing;
 
 pub use context::{Capabilities, Context, ContextOptions, adapters};
 pub use mhc_core::TensorMeta;

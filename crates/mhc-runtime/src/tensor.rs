@@ -105,30 +105,33 @@ impl GpuTensor {
 
     /// Copies the tensor back to the host (waits for the GPU).
     pub fn read(&self, ctx: &Context) -> Result<HostTensor> {
-        let size = self.buffer.size();
-        let staging = ctx.scoped("readback", || {
-            let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("mhc readback"),
-                size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            enc.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
-            ctx.queue.submit([enc.finish()]);
-            Ok(staging)
-        })?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        ctx.wait()?;
-        rx.recv().map_err(|e| Error::gpu("readback", e))?.map_err(|e| Error::gpu("readback", e))?;
-        let view = staging.slice(..).get_mapped_range().map_err(|e| Error::gpu("readback", e))?;
-        let bytes = self.numel() * self.dtype.size_bytes();
-        let host = HostTensor::from_le_bytes(self.shape.clone(), self.dtype, &view[..bytes]);
-        drop(view);
-        staging.unmap();
-        host
+        let bytes = read_buffer(ctx, &self.buffer)?;
+        HostTensor::from_le_bytes(self.shape.clone(), self.dtype, &bytes[..self.numel() * self.dtype.size_bytes()])
     }
+}
+
+/// The bytes of a `COPY_SRC` buffer, through a mapped staging buffer (waits for the GPU).
+pub(crate) fn read_buffer(ctx: &Context, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+    let size = buffer.size();
+    let staging = ctx.scoped("readback", || {
+        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("mhc readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        ctx.queue.submit([enc.finish()]);
+        Ok(staging)
+    })?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    ctx.wait()?;
+    rx.recv().map_err(|e| Error::gpu("readback", e))?.map_err(|e| Error::gpu("readback", e))?;
+    let bytes = staging.slice(..).get_mapped_range().map_err(|e| Error::gpu("readback", e))?.to_vec();
+    staging.unmap();
+    Ok(bytes)
 }

@@ -76,3 +76,8 @@ pub fn sinkhorn(n: u32) -> Spec {
 pub fn bench() -> Spec {
     Spec::new().with("WG", 256)
 }
+
+/// Optimiser steps on f32 parameters, one element an invocation.
+pub fn optim() -> Spec {
+    Spec::new().with("WG", 256)
+}

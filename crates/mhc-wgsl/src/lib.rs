@@ -9,7 +9,7 @@ mod kernels;
 mod preprocess;
 mod spec;
 
-pub use kernels::{Target, bench, post, pre_backward, pre_forward, sinkhorn};
+pub use kernels::{Target, bench, optim, post, pre_backward, pre_forward, sinkhorn};
 pub use preprocess::preprocess;
 pub use spec::Spec;
 
@@ -26,11 +26,12 @@ pub enum Family {
     Sinkhorn,
     Post,
     Bench,
+    Optim,
 }
 
 impl Family {
-    pub const ALL: [Family; 5] =
-        [Family::PreForward, Family::PreBackward, Family::Sinkhorn, Family::Post, Family::Bench];
+    pub const ALL: [Family; 6] =
+        [Family::PreForward, Family::PreBackward, Family::Sinkhorn, Family::Post, Family::Bench, Family::Optim];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -39,6 +40,7 @@ impl Family {
             Family::Sinkhorn => "sinkhorn",
             Family::Post => "post",
             Family::Bench => "bench",
+            Family::Optim => "optim",
         }
     }
 
@@ -49,6 +51,7 @@ impl Family {
             Family::Sinkhorn => include_str!("../../../shaders/sinkhorn.wgsl"),
             Family::Post => include_str!("../../../shaders/post.wgsl"),
             Family::Bench => include_str!("../../../shaders/bench.wgsl"),
+            Family::Optim => include_str!("../../../shaders/optim.wgsl"),
         }
     }
 
@@ -71,6 +74,7 @@ impl Family {
             Family::Sinkhorn => &["forward", "backward"],
             Family::Post => &["forward", "backward"],
             Family::Bench => &["copy", "fma_rate"],
+            Family::Optim => &["sgd"],
         }
     }
 

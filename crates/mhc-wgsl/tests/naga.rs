@@ -19,6 +19,7 @@ fn specs(family: Family) -> Vec<Spec> {
                     Family::Post => vec![mhc_wgsl::post(n, d, t)],
                     Family::Sinkhorn => vec![mhc_wgsl::sinkhorn(n)],
                     Family::Bench => vec![mhc_wgsl::bench()],
+                    Family::Optim => vec![mhc_wgsl::optim()],
                 });
             }
         }

@@ -2,11 +2,14 @@
 //! specialised pipeline, and records its dispatches over token chunks that fit the device's
 //! binding limit. The `*_into` forms write into outputs the caller allocated.
 
+mod optim;
 mod post;
 mod pre_backward;
 mod pre_forward;
 mod sinkhorn;
 
+pub use optim::sgd_step;
+pub(crate) use optim::{SgdUpdate, sgd_steps};
 pub use post::{PostBackwardOutputs, post_backward, post_backward_into, post_forward, post_forward_into};
 pub use pre_backward::{PreBackwardOutputs, pre_backward, pre_backward_into};
 pub use pre_forward::{PreForwardOutputs, pre_forward, pre_forward_into};

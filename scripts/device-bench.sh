@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One call on the lent GPU machine: correctness on the real adapter, then mhc bench and the
+# PyTorch peers on the same card. Expects the binary in .dev/mhc, the peers in .dev/, and the
+# Vulkan loader's .deb files in .gl/ (see docs/PERFORMANCE.md). Writes logs and JSON to $OUT.
+set -uo pipefail
+for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+if [ ! -e /usr/share/vulkan/icd.d/nvidia_icd.json ] && [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+export XDG_RUNTIME_DIR=/tmp PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+./.dev/mhc info 2>&1 | tee "$OUT/info.txt"
+./.dev/mhc check --quick 2>&1 | tail -3 | tee "$OUT/check.txt"
+./.dev/mhc bench --iters "${ITERS:-50}" --json "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.txt"
+if [ "${PEERS:-1}" = 1 ]; then
+    python3 .dev/torch_mhc.py --json "$OUT/torch.json" 2>&1 | tee "$OUT/torch.txt"
+fi

@@ -1,0 +1,294 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mhc::core::random::{TensorRng, seed_from_env};
+use mhc::core::{DType, Dims, Op, PostForwardInputs, PreBackwardInputs, PreForwardInputs, SinkhornParams};
+use mhc::exec::Options;
+use mhc::runtime::{Context, GpuTensor, ceilings, ops};
+use serde_json::json;
+
+use super::{CliResult, OpOptions, context, parse_op};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Operators to time (repeatable; all by default).
+    #[arg(long = "op", value_parser = parse_op)]
+    ops: Vec<Op>,
+    /// T,n,D (repeatable). Defaults: 4096,4,2560 8192,4,2560 16384,4,4096 8192,4,7168.
+    #[arg(long = "shape", value_parser = parse_shape)]
+    shapes: Vec<Dims>,
+    /// Timed runs of each operator (after 3 warm-up runs); the median is reported.
+    #[arg(long, default_value_t = 50)]
+    iters: usize,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    opts: OpOptions,
+}
+
+fn parse_shape(s: &str) -> Result<Dims, String> {
+    let v: Vec<usize> =
+        s.split(',').map(|p| p.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|e| format!("{s:?}: {e}"))?;
+    match v[..] {
+        [t, n, d] => Dims::new(t, n, d).map_err(|e| e.to_string()),
+        _ => Err(format!("{s:?}: expected T,n,D")),
+    }
+}
+
+const DEFAULT_SHAPES: [(usize, usize, usize); 4] =
+    [(4096, 4, 2560), (8192, 4, 2560), (16384, 4, 4096), (8192, 4, 7168)];
+const WARMUP: usize = 3;
+/// Inputs are rotated over copies holding at least this many bytes, so that no timed run
+/// finds its inputs in the GPU's cache from the run before.
+const ROTATE_BYTES: u64 = 256 << 20;
+const MAX_COPIES: usize = 16;
+
+/// GPU seconds of each of `iters` calls of `f(i)` (after warm-up), from timestamp queries or,
+/// without them, host time around a blocking submit.
+fn time(ctx: &Context, iters: usize, mut f: impl FnMut(usize) -> mhc::core::Result<()>) -> CliResult<Vec<f64>> {
+    if ctx.capabilities().timestamps {
+        ctx.start_timing((WARMUP + iters) as u32)?;
+        for i in 0..WARMUP + iters {
+            f(i)?;
+        }
+        Ok(ctx.finish_timing()?.split_off(WARMUP))
+    } else {
+        for i in 0..WARMUP {
+            f(i)?;
+        }
+        ctx.wait()?;
+        (0..iters)
+            .map(|i| {
+                let s = Instant::now();
+                f(WARMUP + i)?;
+                ctx.wait()?;
+                Ok(s.elapsed().as_secs_f64())
+            })
+            .collect()
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Ceilings {
+    bytes_per_s: f64,
+    flops_per_s: f64,
+}
+
+fn measure_ceilings(ctx: &Context, iters: usize) -> CliResult<Ceilings> {
+    let bytes = ctx.max_binding_size().min(1 << 30) / 16 * 16;
+    let cpu = ctx.adapter_info().device_type == mhc::runtime::wgpu::DeviceType::Cpu;
+    let bytes = if cpu { bytes.min(64 << 20) } else { bytes };
+    let src = GpuTensor::zeros(ctx, "copy src", &[bytes as usize / 4], DType::F32)?;
+    let dst = GpuTensor::zeros(ctx, "copy dst", &[bytes as usize / 4], DType::F32)?;
+    let copy = median(time(ctx, iters, |_| ceilings::copy(ctx, &src, &dst))?);
+    let (groups, steps) = if cpu { (16, 256) } else { (8192, 4096) };
+    let mut flops = 0;
+    let fma = median(time(ctx, iters.min(20), |_| {
+        flops = ceilings::fma(ctx, groups, steps)?;
+        Ok(())
+    })?);
+    Ok(Ceilings { bytes_per_s: 2.0 * bytes as f64 / copy, flops_per_s: flops as f64 / fma })
+}
+
+/// `copies` uploads of the same host tensor.
+fn copies(ctx: &Context, name: &str, host: &mhc::core::HostTensor, copies: usize) -> CliResult<Vec<GpuTensor>> {
+    Ok((0..copies).map(|_| GpuTensor::upload(ctx, name, host)).collect::<Result<_, _>>()?)
+}
+
+fn n_copies(bytes_per_copy: u64) -> usize {
+    (ROTATE_BYTES.div_ceil(bytes_per_copy.max(1)) as usize).clamp(1, MAX_COPIES)
+}
+
+/// Times one operator at one shape; `fused` times mhc_pre forward with its fused Sinkhorn.
+fn bench_op(ctx: &Context, op: Op, dims: &Dims, fused: bool, iters: usize, opts: &Options) -> CliResult<Vec<f64>> {
+    let mut rng = TensorRng::new(seed_from_env());
+    let (t, n, d, m, k) = (dims.t, dims.n, dims.d, dims.m(), dims.k());
+    let up = |name: &str, h: &mhc::core::HostTensor| GpuTensor::upload(ctx, name, h);
+    let s = (3.0 / k as f32).sqrt();
+    let phi = up("phi", &rng.f32(&[m, k], -s, s))?;
+    let alpha = up("alpha", &rng.f32(&[3], 0.8, 1.2))?;
+    let bias = up("bias", &rng.f32(&[m], -0.5, 0.5))?;
+    let gamma = up("gamma", &rng.f32(&[n, d], 0.5, 1.5))?;
+    let per_token = |rng: &mut TensorRng, name: &str, tail: &[usize], dtype: DType| -> CliResult<GpuTensor> {
+        let shape: Vec<usize> = std::iter::once(t).chain(tail.iter().copied()).collect();
+        Ok(up(name, &if dtype == DType::BF16 { rng.bf16(&shape, -2.0, 2.0) } else { rng.f32(&shape, 0.0, 1.0) })?)
+    };
+    let sk = opts.sinkhorn;
+    let times = match op {
+        Op::PreForward => {
+            let x = copies(ctx, "x", &rng.bf16(&[t, n, d], -2.0, 2.0), n_copies((t * k * 2) as u64))?;
+            let out = ops::PreForwardOutputs::zeros(ctx, dims, fused)?;
+            let sk = fused.then_some(&sk);
+            time(ctx, iters, |i| {
+                let inp =
+                    PreForwardInputs { x: &x[i % x.len()], phi: &phi, alpha: &alpha, bias: &bias, gamma: Some(&gamma) };
+                ops::pre_forward_into(ctx, &inp, &out, &opts.pre, sk)
+            })?
+        }
+        Op::PreBackward => {
+            let r = n_copies((t * (2 * k + d) * 2) as u64);
+            let x = copies(ctx, "x", &rng.bf16(&[t, n, d], -2.0, 2.0), r)?;
+            let dh_in = copies(ctx, "dh_in", &rng.bf16(&[t, d], -1.0, 1.0), r)?;
+            let fwd = PreForwardInputs { x: &x[0], phi: &phi, alpha: &alpha, bias: &bias, gamma: Some(&gamma) };
+            let saved = ops::pre_forward(ctx, &fwd, &opts.pre, None)?;
+            let dh_post = per_token(&mut rng, "dh_post", &[n], DType::F32)?;
+            let dh_res = per_token(&mut rng, "dh_res", &[n, n], DType::F32)?;
+            let out = ops::PreBackwardOutputs::zeros(ctx, dims)?;
+            time(ctx, iters, |i| {
+                let inp = PreBackwardInputs {
+                    fwd: PreForwardInputs { x: &x[i % r], ..fwd },
+                    inv_rms: &saved.inv_rms,
+                    h_mix: &saved.h_mix,
+                    h_pre: &saved.h_pre,
+                    h_post: &saved.h_post,
+                    dh_in: &dh_in[i % r],
+                    dh_post: &dh_post,
+                    dh_res: &dh_res,
+                };
+                ops::pre_backward_into(ctx, &inp, &out, &opts.pre)
+            })?
+        }
+        Op::SinkhornForward | Op::SinkhornBackward => {
+            let r = n_copies((t * n * n * 8) as u64);
+            let logits = copies(ctx, "logits", &rng.f32(&[t, n, n], -1.0, 1.0), r)?;
+            let d_out = per_token(&mut rng, "d_out", &[n, n], DType::F32)?;
+            let out = GpuTensor::zeros(ctx, "out", &[t, n, n], DType::F32)?;
+            let sk: SinkhornParams = sk;
+            time(ctx, iters, |i| {
+                if op == Op::SinkhornForward {
+                    ops::sinkhorn_forward_into(ctx, &logits[i % r], &out, &sk)
+                } else {
+                    ops::sinkhorn_backward_into(ctx, &logits[i % r], &d_out, &out, &sk)
+                }
+            })?
+        }
+        Op::PostForward | Op::PostBackward => {
+            let r = n_copies((t * (3 * k + 2 * d) * 2) as u64);
+            let x = copies(ctx, "x", &rng.bf16(&[t, d], -2.0, 2.0), r)?;
+            let residual = copies(ctx, "residual", &rng.bf16(&[t, n, d], -2.0, 2.0), r)?;
+            let d_out = copies(ctx, "d_out", &rng.bf16(&[t, n, d], -1.0, 1.0), r)?;
+            let plm = per_token(&mut rng, "post_layer_mix", &[n], DType::F32)?;
+            let comb = per_token(&mut rng, "comb_res_mix", &[n, n], DType::F32)?;
+            let out = GpuTensor::zeros(ctx, "out", &[t, n, d], DType::BF16)?;
+            let grads = ops::PostBackwardOutputs::zeros(ctx, dims, &[t, n])?;
+            time(ctx, iters, |i| {
+                let inp = PostForwardInputs {
+                    x: &x[i % r],
+                    residual: &residual[i % r],
+                    post_layer_mix: &plm,
+                    comb_res_mix: &comb,
+                };
+                if op == Op::PostForward {
+                    ops::post_forward_into(ctx, &inp, &out)
+                } else {
+                    ops::post_backward_into(ctx, &inp, &d_out[i % r], &grads)
+                }
+            })?
+        }
+    };
+    Ok(times)
+}
+
+pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
+    if a.iters == 0 {
+        return Err("--iters must be at least 1".into());
+    }
+    let ctx = context()?;
+    let info = ctx.adapter_info().clone();
+    let timing = if ctx.capabilities().timestamps {
+        "timestamp queries"
+    } else {
+        "host timing around blocking submits (no timestamp queries on this adapter)"
+    };
+    println!("device: {} ({:?}), driver {} {}", info.name, info.backend, info.driver, info.driver_info);
+    println!("timing: {timing}, median of {} runs after {WARMUP} warm-up runs", a.iters);
+    let opts = a.opts.options();
+    let ops: Vec<Op> = if a.ops.is_empty() { Op::ALL.to_vec() } else { a.ops.clone() };
+    let shapes: Vec<Dims> = if a.shapes.is_empty() {
+        DEFAULT_SHAPES.iter().map(|&(t, n, d)| Dims::new(t, n, d)).collect::<Result<_, _>>()?
+    } else {
+        a.shapes.clone()
+    };
+    // mhc_pre forward is also timed with its fused Sinkhorn, the path a model takes.
+    let mut jobs: Vec<(Op, bool)> = Vec::new();
+    for &op in &ops {
+        jobs.push((op, false));
+        if op == Op::PreForward {
+            jobs.push((op, true));
+        }
+    }
+    let bar = ProgressBar::new((jobs.len() * shapes.len() + 1) as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
+    bar.set_message("copy and FMA ceilings");
+    let ceil = measure_ceilings(&ctx, a.iters)?;
+    bar.inc(1);
+    let mut rows = Vec::new();
+    for dims in &shapes {
+        for &(op, fused) in &jobs {
+            let name = if fused { "pre-forward+sinkhorn".to_string() } else { op.name().to_string() };
+            bar.set_message(format!("{name} {},{},{}", dims.t, dims.n, dims.d));
+            let secs = median(bench_op(&ctx, op, dims, fused, a.iters, &opts)?);
+            let mut cost = op.cost(dims, opts.sinkhorn.iters);
+            if fused {
+                let sk = Op::SinkhornForward.cost(dims, opts.sinkhorn.iters);
+                cost.flops += sk.flops;
+                cost.bytes += dims.t as u64 * (dims.n * dims.n) as u64 * 4;
+            }
+            let mem_floor = cost.bytes as f64 / ceil.bytes_per_s;
+            let fma_floor = cost.flops as f64 / ceil.flops_per_s;
+            let floor = mem_floor.max(fma_floor);
+            rows.push(json!({
+                "op": name, "T": dims.t, "n": dims.n, "D": dims.d,
+                "us": secs * 1e6, "bytes": cost.bytes, "flops": cost.flops,
+                "gb_per_s": cost.bytes as f64 / secs / 1e9,
+                "memory_floor_us": mem_floor * 1e6, "arith_floor_us": fma_floor * 1e6,
+                "floor_us": floor * 1e6, "x_floor": secs / floor,
+                "bound": if mem_floor >= fma_floor { "memory" } else { "arithmetic" },
+            }));
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    println!(
+        "ceilings: copy {:.1} GB/s (read + write), f32 FMA {:.2} TFLOP/s",
+        ceil.bytes_per_s / 1e9,
+        ceil.flops_per_s / 1e12
+    );
+    println!(
+        "{:<22} {:>16} {:>10} {:>12} {:>11} {:>9} {:>10} {:>8}  bound",
+        "operator", "T,n,D", "us", "MB moved", "GFLOP", "GB/s", "floor us", "x floor"
+    );
+    for r in &rows {
+        println!(
+            "{:<22} {:>16} {:>10.1} {:>12.2} {:>11.3} {:>9.1} {:>10.1} {:>8.2}  {}",
+            r["op"].as_str().unwrap_or(""),
+            format!("{},{},{}", r["T"], r["n"], r["D"]),
+            r["us"].as_f64().unwrap_or(0.0),
+            r["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            r["flops"].as_f64().unwrap_or(0.0) / 1e9,
+            r["gb_per_s"].as_f64().unwrap_or(0.0),
+            r["floor_us"].as_f64().unwrap_or(0.0),
+            r["x_floor"].as_f64().unwrap_or(0.0),
+            r["bound"].as_str().unwrap_or(""),
+        );
+    }
+    if let Some(path) = &a.json {
+        let doc = json!({
+            "device": info.name, "backend": format!("{:?}", info.backend), "driver": format!("{} {}", info.driver, info.driver_info),
+            "timing": timing, "iters": a.iters,
+            "copy_bytes_per_s": ceil.bytes_per_s, "fma_flops_per_s": ceil.flops_per_s,
+            "rows": rows,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
