@@ -22,22 +22,29 @@ fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
 @compute @workgroup_size(WG)
 fn fma_rate(@builtin(global_invocation_id) gid: vec3<u32>) {
+    // Eight named chains rather than an array: an array indexed in a loop may live in memory.
     let s = f32(gid.x) * 1e-9;
-    var a: array<vec4<f32>, 8>;
-    for (var c = 0u; c < 8u; c++) {
-        a[c] = vec4<f32>(s + f32(c), s - f32(c), s * 0.5, s + 1.0);
-    }
+    var a0 = vec4<f32>(s, s + 1.0, s + 2.0, s + 3.0);
+    var a1 = a0 + 4.0;
+    var a2 = a0 + 8.0;
+    var a3 = a0 + 12.0;
+    var a4 = a0 + 16.0;
+    var a5 = a0 + 20.0;
+    var a6 = a0 + 24.0;
+    var a7 = a0 + 28.0;
     let m = vec4<f32>(0.9999);
     let k = vec4<f32>(1e-4);
     for (var it = 0u; it < params.iters; it++) {
-        for (var c = 0u; c < 8u; c++) {
-            a[c] = fma(a[c], m, k);
-        }
+        a0 = fma(a0, m, k);
+        a1 = fma(a1, m, k);
+        a2 = fma(a2, m, k);
+        a3 = fma(a3, m, k);
+        a4 = fma(a4, m, k);
+        a5 = fma(a5, m, k);
+        a6 = fma(a6, m, k);
+        a7 = fma(a7, m, k);
     }
-    var r = vec4<f32>(0.0);
-    for (var c = 0u; c < 8u; c++) {
-        r += a[c];
-    }
+    let r = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
     // Written only when impossible in practice, so the chains are not optimised away.
     if (r.x == 1234.5678) {
         sink[gid.x] = r;

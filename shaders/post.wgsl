@@ -44,21 +44,24 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let xq = x[tok * W + w];
     var rlo: array<vec4<f32>, N>;
     var rhi: array<vec4<f32>, N>;
-    for (var j = 0u; j < N; j++) {
-        let q = residual[(tok * N + j) * W + w];
-        rlo[j] = lo4(q);
-        rhi[j] = hi4(q);
+#unroll j N
+    {
+        let q = residual[(tok * N + {j}) * W + w];
+        rlo[{j}] = lo4(q);
+        rhi[{j}] = hi4(q);
     }
-    for (var i = 0u; i < N; i++) {
-        var lo = plm[tok * N + i] * lo4(xq);
-        var hi = plm[tok * N + i] * hi4(xq);
-        for (var j = 0u; j < N; j++) {
-            let c = comb[tok * NN + j * N + i];
-            lo += c * rlo[j];
-            hi += c * rhi[j];
-        }
-        out[(tok * N + i) * W + w] = pack4(lo, hi);
+#endunroll
+#unroll i N
+    {
+        var lo = plm[tok * N + {i}] * lo4(xq);
+        var hi = plm[tok * N + {i}] * hi4(xq);
+#unroll j N
+        lo += comb[tok * NN + {j} * N + {i}] * rlo[{j}];
+        hi += comb[tok * NN + {j} * N + {i}] * rhi[{j}];
+#endunroll
+        out[(tok * N + {i}) * W + w] = pack4(lo, hi);
     }
+#endunroll
 }
 
 @compute @workgroup_size(WG)
@@ -69,41 +72,44 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     }
     // acc[b * (N + NN) + i]: dplm of row i; acc[b * (N + NN) + N + j * N + i]: dcomb[j, i].
     var acc: array<f32, NV>;
-    for (var e = lane.lid; e < TB * W; e += WG) {
-        let b = e / W;
-        let w = e % W;
-        let tok = tok0 + b;
-        if (tok < params.t) {
+#unroll b TB
+    if (tok0 + {b} < params.t) {
+        let tok = tok0 + {b};
+        for (var w = lane.lid; w < W; w += WG) {
             var glo: array<vec4<f32>, N>;
             var ghi: array<vec4<f32>, N>;
-            for (var i = 0u; i < N; i++) {
-                let q = d_out[(tok * N + i) * W + w];
-                glo[i] = lo4(q);
-                ghi[i] = hi4(q);
+#unroll i N
+            {
+                let q = d_out[(tok * N + {i}) * W + w];
+                glo[{i}] = lo4(q);
+                ghi[{i}] = hi4(q);
             }
+#endunroll
             let xq = x[tok * W + w];
             var dlo = vec4<f32>(0.0);
             var dhi = vec4<f32>(0.0);
-            for (var i = 0u; i < N; i++) {
-                dlo += plm[tok * N + i] * glo[i];
-                dhi += plm[tok * N + i] * ghi[i];
-                acc[b * (N + NN) + i] += dot(glo[i], lo4(xq)) + dot(ghi[i], hi4(xq));
-            }
+#unroll i N
+            dlo += plm[tok * N + {i}] * glo[{i}];
+            dhi += plm[tok * N + {i}] * ghi[{i}];
+            acc[{b} * (N + NN) + {i}] += dot(glo[{i}], lo4(xq)) + dot(ghi[{i}], hi4(xq));
+#endunroll
             dx[tok * W + w] = pack4(dlo, dhi);
-            for (var j = 0u; j < N; j++) {
-                let rq = residual[(tok * N + j) * W + w];
+#unroll j N
+            {
+                let rq = residual[(tok * N + {j}) * W + w];
                 var rl = vec4<f32>(0.0);
                 var rh = vec4<f32>(0.0);
-                for (var i = 0u; i < N; i++) {
-                    let c = comb[tok * NN + j * N + i];
-                    rl += c * glo[i];
-                    rh += c * ghi[i];
-                    acc[b * (N + NN) + N + j * N + i] += dot(glo[i], lo4(rq)) + dot(ghi[i], hi4(rq));
-                }
-                dresidual[(tok * N + j) * W + w] = pack4(rl, rh);
+#unroll i N
+                rl += comb[tok * NN + {j} * N + {i}] * glo[{i}];
+                rh += comb[tok * NN + {j} * N + {i}] * ghi[{i}];
+                acc[{b} * (N + NN) + N + {j} * N + {i}] += dot(glo[{i}], lo4(rq)) + dot(ghi[{i}], hi4(rq));
+#endunroll
+                dresidual[(tok * N + {j}) * W + w] = pack4(rl, rh);
             }
+#endunroll
         }
     }
+#endunroll
     block_reduce(lane, &acc);
     for (var e = lane.lid; e < TB * (N + NN); e += WG) {
         let tok = tok0 + e / (N + NN);
@@ -146,38 +152,42 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         return;
     }
     var acc: array<f32, NV>;
-    for (var e = lane.lid; e < TB * D; e += WG) {
-        let b = e / D;
-        let d = e % D;
-        let tok = tok0 + b;
-        if (tok < params.t) {
+#unroll b TB
+    if (tok0 + {b} < params.t) {
+        let tok = tok0 + {b};
+        for (var d = lane.lid; d < D; d += WG) {
             var g: array<f32, N>;
-            for (var i = 0u; i < N; i++) {
-                let o = (tok * N + i) * D + d;
-                g[i] = bf16_at(d_out[o >> 1u], o);
+#unroll i N
+            {
+                let o = (tok * N + {i}) * D + d;
+                g[{i}] = bf16_at(d_out[o >> 1u], o);
             }
+#endunroll
             let xe = tok * D + d;
             let xv = bf16_at(x[xe >> 1u], xe);
             var s = 0.0;
-            for (var i = 0u; i < N; i++) {
-                s += plm[tok * N + i] * g[i];
-                acc[b * (N + NN) + i] += g[i] * xv;
-            }
+#unroll i N
+            s += plm[tok * N + {i}] * g[{i}];
+            acc[{b} * (N + NN) + {i}] += g[{i}] * xv;
+#endunroll
             atomicAnd(&dx[xe >> 1u], half_keep(xe));
             atomicOr(&dx[xe >> 1u], half_bits(xe, s));
-            for (var j = 0u; j < N; j++) {
-                let r = (tok * N + j) * D + d;
+#unroll j N
+            {
+                let r = (tok * N + {j}) * D + d;
                 let rv = bf16_at(residual[r >> 1u], r);
                 var sr = 0.0;
-                for (var i = 0u; i < N; i++) {
-                    sr += comb[tok * NN + j * N + i] * g[i];
-                    acc[b * (N + NN) + N + j * N + i] += g[i] * rv;
-                }
+#unroll i N
+                sr += comb[tok * NN + {j} * N + {i}] * g[{i}];
+                acc[{b} * (N + NN) + N + {j} * N + {i}] += g[{i}] * rv;
+#endunroll
                 atomicAnd(&dresidual[r >> 1u], half_keep(r));
                 atomicOr(&dresidual[r >> 1u], half_bits(r, sr));
             }
+#endunroll
         }
     }
+#endunroll
     block_reduce(lane, &acc);
     for (var e = lane.lid; e < TB * (N + NN); e += WG) {
         let tok = tok0 + e / (N + NN);

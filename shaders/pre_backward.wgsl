@@ -76,34 +76,33 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let lid = lane.lid;
     // acc[b * N + i]: dh_pre of token b, stream i.
     var acc: array<f32, NV>;
+#unroll b TB
+    if (tok0 + {b} < params.t) {
+        let tok = tok0 + {b};
 #if VEC4
-    for (var e = lid; e < TB * (D / 8u); e += WG) {
-        let b = e / (D / 8u);
-        let w = e % (D / 8u);
-        let tok = tok0 + b;
-        if (tok < params.t) {
+        for (var w = lid; w < D / 8u; w += WG) {
             let g = dh_in[tok * (D / 8u) + w];
-            for (var i = 0u; i < N; i++) {
-                let q = x[tok * (K / 8u) + i * (D / 8u) + w];
-                acc[b * N + i] += dot(lo4(g), lo4(q)) + dot(hi4(g), hi4(q));
+#unroll i N
+            {
+                let q = x[tok * (K / 8u) + {i} * (D / 8u) + w];
+                acc[{b} * N + {i}] += dot(lo4(g), lo4(q)) + dot(hi4(g), hi4(q));
             }
+#endunroll
         }
-    }
 #else
-    for (var e = lid; e < TB * D; e += WG) {
-        let b = e / D;
-        let d = e % D;
-        let tok = tok0 + b;
-        if (tok < params.t) {
+        for (var d = lid; d < D; d += WG) {
             let ge = tok * D + d;
             let g = bf16_at(dh_in[ge >> 1u], ge);
-            for (var i = 0u; i < N; i++) {
-                let xe = tok * K + i * D + d;
-                acc[b * N + i] += g * bf16_at(x[xe >> 1u], xe);
+#unroll i N
+            {
+                let xe = tok * K + {i} * D + d;
+                acc[{b} * N + {i}] += g * bf16_at(x[xe >> 1u], xe);
             }
+#endunroll
         }
-    }
 #endif
+    }
+#endunroll
     block_reduce(lane, &acc);
 
     for (var b = lid; b < TB; b += WG) {
@@ -209,10 +208,10 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let d0 = k0 % D;
     var p0: array<f32, M>;
     var p1: array<f32, M>;
-    for (var m = 0u; m < M; m++) {
-        p0[m] = phi[m * K + k0];
-        p1[m] = phi[m * K + k0 + 1u];
-    }
+#unroll m M
+    p0[{m}] = phi[{m} * K + k0];
+    p1[{m}] = phi[{m} * K + k0 + 1u];
+#endunroll
     let g0 = gamma_at(k0);
     let g1 = gamma_at(k0 + 1u);
     var a0: array<f32, M>;
@@ -233,13 +232,15 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 let gw = dhw[(tok * D + d0) / 2u];
                 var dv0 = 0.0;
                 var dv1 = 0.0;
-                for (var m = 0u; m < M; m++) {
-                    let h = tok_s[u * (M + 1u) + m];
-                    dv0 += h * p0[m];
-                    dv1 += h * p1[m];
-                    a0[m] += h * v0;
-                    a1[m] += h * v1;
+#unroll m M
+                {
+                    let h = tok_s[u * (M + 1u) + {m}];
+                    dv0 += h * p0[{m}];
+                    dv1 += h * p1[{m}];
+                    a0[{m}] += h * v0;
+                    a1[{m}] += h * v1;
                 }
+#endunroll
                 let coef = tok_s[u * (M + 1u) + M];
                 let hp = hpre_s[u * N + i];
                 let r0 = dv0 * g0 - coef * v0 + hp * bf16_lo(gw);
@@ -251,10 +252,10 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
     }
     if (valid) {
-        for (var m = 0u; m < M; m++) {
-            add_partial(seg * M * K + m * K + k0, a0[m] * g0, true);
-            add_partial(seg * M * K + m * K + k0 + 1u, a1[m] * g1, true);
-        }
+#unroll m M
+        add_partial(seg * M * K + {m} * K + k0, a0[{m}] * g0, true);
+        add_partial(seg * M * K + {m} * K + k0 + 1u, a1[{m}] * g1, true);
+#endunroll
         add_partial(seg * K + k0, ga0, false);
         add_partial(seg * K + k0 + 1u, ga1, false);
     }
@@ -276,9 +277,9 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let i = k / D;
     let d = k % D;
     var p: array<f32, M>;
-    for (var m = 0u; m < M; m++) {
-        p[m] = phi[m * K + k];
-    }
+#unroll m M
+    p[{m}] = phi[{m} * K + k];
+#endunroll
     let g = gamma_at(k);
     var a: array<f32, M>;
     var ga = 0.0;
@@ -295,11 +296,13 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 let ge = tok * D + d;
                 let dh = bf16_at(dhw[ge >> 1u], ge);
                 var dv = 0.0;
-                for (var m = 0u; m < M; m++) {
-                    let h = tok_s[u * (M + 1u) + m];
-                    dv += h * p[m];
-                    a[m] += h * v;
+#unroll m M
+                {
+                    let h = tok_s[u * (M + 1u) + {m}];
+                    dv += h * p[{m}];
+                    a[{m}] += h * v;
                 }
+#endunroll
                 let r = dv * g - tok_s[u * (M + 1u) + M] * v + hpre_s[u * N + i] * dh;
                 atomicAnd(&dx[xe >> 1u], half_keep(xe));
                 atomicOr(&dx[xe >> 1u], half_bits(xe, r));
@@ -308,9 +311,9 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
     }
     if (valid) {
-        for (var m = 0u; m < M; m++) {
-            add_partial(seg * M * K + m * K + k, a[m] * g, true);
-        }
+#unroll m M
+        add_partial(seg * M * K + {m} * K + k, a[{m}] * g, true);
+#endunroll
         add_partial(seg * K + k, ga, false);
     }
 }

@@ -1,14 +1,15 @@
 // ---- pre_forward.wgsl: mhc_pre forward (SPEC.md section 1), fused ----
-// Needs: N, D, K = N * D, M = N * N + 2N, NN = N * N, TB tokens a workgroup, WG invocations,
-// NV = TB * (M + 1), SG_MIN; flags VEC4 (D % 8 == 0: 16-byte loads and stores), HAS_GAMMA,
-// SINKHORN (h_res is the Sinkhorn projection; the raw logits go to h_res_logits), SUBGROUP.
+// Needs: N, D, K = N * D, M = N * N + 2N, NN = N * N, WG invocations, SG_MIN, NV; flags VEC4
+// (D % 8 == 0), SINKHORN (h_res is the Sinkhorn projection, the raw logits go to
+// h_res_logits), SUBGROUP. The VEC4 path also needs TB (tokens a row of invocations) and TPL
+// (tokens an invocation); the scalar path TB tokens a workgroup and NV = TB * (M + 1).
 //
-// One workgroup takes TB tokens. Pass 1 reads each token's x once and accumulates, per
-// invocation, the M dot products with phi and the sum of squares; block_reduce sums them over
-// the workgroup. The gates follow per (token, output). Pass 2 forms h_in from x again: the
-// workgroup read those same bytes moments before, so they come from cache, not DRAM.
+// gamma is folded into phi beforehand (`fold_gamma`), so the projection reads one matrix.
+// Pass 1 reads x once: the RMS and the M dot products with phi. The gates follow, one
+// invocation per (token, output). Pass 2 reads x again for h_in = sum_i h_pre[i] * x[i, :].
 
 struct Params {
+    // Tokens of this dispatch (fold_gamma: elements of phi).
     t: u32,
     norm_eps: f32,
     hc_eps: f32,
@@ -29,9 +30,6 @@ struct Params {
 #endif
 @group(0) @binding(3) var<storage, read> alpha: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
-#if HAS_GAMMA
-@group(0) @binding(5) var<storage, read> gamma: array<f32>;
-#endif
 @group(0) @binding(7) var<storage, read_write> h_post: array<f32>;
 @group(0) @binding(8) var<storage, read_write> h_res: array<f32>;
 @group(0) @binding(9) var<storage, read_write> inv_rms: array<f32>;
@@ -40,10 +38,36 @@ struct Params {
 #if SINKHORN
 @group(0) @binding(12) var<storage, read_write> h_res_logits: array<f32>;
 #endif
+// fold_gamma: phi_g = phi * gamma (broadcast over rows), the matrix `main` reads as `phi`.
+@group(0) @binding(13) var<storage, read> phi_src: array<f32>;
+@group(0) @binding(14) var<storage, read> gamma: array<f32>;
+@group(0) @binding(15) var<storage, read_write> phi_g: array<f32>;
 
-var<workgroup> gate_pre: array<f32, TB * N>;
+@compute @workgroup_size(WG)
+fn fold_gamma(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = group_index(wid, nwg) * WG + lid;
+    if (e < params.t) {
+        phi_g[e] = phi_src[e] * gamma[e % K];
+    }
+}
+
+#if VEC4
+// Tokens a workgroup, and K splits: invocation lid takes tokens (lid % TB) + u * TB for
+// u < TPL, over the split lid / TB of each row. Within a subgroup many invocations share a
+// split, so their phi loads are the same address (one broadcast), while each keeps TPL * M
+// sums in registers.
+const TW: u32 = TB * TPL;
+const KS: u32 = WG / TB;
+const W8: u32 = K / 8u;
+const WPS: u32 = (W8 + KS - 1u) / KS;
+var<workgroup> sums: array<f32, TW * (M + 1u)>;
+#else
+const TW: u32 = TB;
+#endif
+
+var<workgroup> gate_pre: array<f32, TW * N>;
 #if SINKHORN
-var<workgroup> res_logits: array<f32, TB * NN>;
+var<workgroup> res_logits: array<f32, TW * NN>;
 #endif
 
 #if !VEC4
@@ -57,77 +81,110 @@ fn store_h_in(e: u32, v: f32) {
 }
 #endif
 
+// The RMS and the M dot products of the workgroup's tokens, summed over the workgroup:
+// sum(b, m) for token b of the tile and output m (m == M: the sum of squares).
+#if VEC4
+fn projections(lane: Lane, tok0: u32) {
+    let j = lane.lid % TB;
+    let split = lane.lid / TB;
+    var acc: array<f32, TPL * (M + 1u)>;
+    let w_end = min(W8, (split + 1u) * WPS);
+    for (var w = split * WPS; w < w_end; w++) {
+        var xa: array<vec4<f32>, TPL>;
+        var xb: array<vec4<f32>, TPL>;
+#unroll u TPL
+        {
+            let tok = tok0 + {u} * TB + j;
+            var q = vec4<u32>(0u);
+            if (tok < params.t) {
+                q = x[tok * W8 + w];
+            }
+            let lo = lo4(q);
+            let hi = hi4(q);
+            acc[{u} * (M + 1u) + M] += dot(lo, lo) + dot(hi, hi);
+            xa[{u}] = vec4<f32>(lo.x, hi.x, lo.y, hi.y);
+            xb[{u}] = vec4<f32>(lo.z, hi.z, lo.w, hi.w);
+        }
+#endunroll
+#unroll m M
+        {
+            let pa = phi[{m} * (K / 4u) + 2u * w];
+            let pb = phi[{m} * (K / 4u) + 2u * w + 1u];
+#unroll u TPL
+            acc[{u} * (M + 1u) + {m}] += dot(xa[{u}], pa) + dot(xb[{u}], pb);
+#endunroll
+        }
+#endunroll
+    }
+    // The splits add their sums in a fixed order: reruns give the same bits.
+    for (var r = 0u; r < KS; r++) {
+        if (split == r) {
+#unroll u TPL
+            {
+                let base = ({u} * TB + j) * (M + 1u);
+#unroll m M
+                sums[base + {m}] = select(sums[base + {m}] + acc[{u} * (M + 1u) + {m}], acc[{u} * (M + 1u) + {m}], r == 0u);
+#endunroll
+                sums[base + M] = select(sums[base + M] + acc[{u} * (M + 1u) + M], acc[{u} * (M + 1u) + M], r == 0u);
+            }
+#endunroll
+        }
+        workgroupBarrier();
+    }
+}
+
+fn sum_at(b: u32, m: u32) -> f32 {
+    return sums[b * (M + 1u) + m];
+}
+#else
+fn projections(lane: Lane, tok0: u32) {
+    var acc: array<f32, NV>;
+    for (var k = lane.lid; k < K; k += WG) {
+        var xs: array<f32, TB>;
+#unroll b TB
+        {
+            var v = 0.0;
+            if (tok0 + {b} < params.t) {
+                v = x_at((tok0 + {b}) * K + k);
+            }
+            acc[{b} * (M + 1u) + M] += v * v;
+            xs[{b}] = v;
+        }
+#endunroll
+#unroll m M
+        {
+            let p = phi[{m} * K + k];
+#unroll b TB
+            acc[{b} * (M + 1u) + {m}] += xs[{b}] * p;
+#endunroll
+        }
+#endunroll
+    }
+    block_reduce(lane, &acc);
+}
+
+fn sum_at(b: u32, m: u32) -> f32 {
+    return red_total[b * (M + 1u) + m];
+}
+#endif
+
 @compute @workgroup_size(WG)
 fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let tok0 = group_index(wid, nwg) * TB;
+    let tok0 = group_index(wid, nwg) * TW;
     if (tok0 >= params.t) {
         return;
     }
     let lid = lane.lid;
-    // acc[b * (M + 1) + m]: token b's dot product with phi row m; m == M: its sum of squares.
-    var acc: array<f32, NV>;
-
-    // Pass 1 over x.
-#if VEC4
-    for (var w = lid; w < K / 8u; w += WG) {
-        var xs: array<vec4<f32>, TB * 2u>;
-        for (var b = 0u; b < TB; b++) {
-            var q = vec4<u32>(0u);
-            if (tok0 + b < params.t) {
-                q = x[(tok0 + b) * (K / 8u) + w];
-            }
-            let lo = lo4(q);
-            let hi = hi4(q);
-            acc[b * (M + 1u) + M] += dot(lo, lo) + dot(hi, hi);
-            var xa = vec4<f32>(lo.x, hi.x, lo.y, hi.y);
-            var xb = vec4<f32>(lo.z, hi.z, lo.w, hi.w);
-#if HAS_GAMMA
-            xa *= vec4<f32>(gamma[8u * w], gamma[8u * w + 1u], gamma[8u * w + 2u], gamma[8u * w + 3u]);
-            xb *= vec4<f32>(gamma[8u * w + 4u], gamma[8u * w + 5u], gamma[8u * w + 6u], gamma[8u * w + 7u]);
-#endif
-            xs[2u * b] = xa;
-            xs[2u * b + 1u] = xb;
-        }
-        for (var m = 0u; m < M; m++) {
-            let pa = phi[m * (K / 4u) + 2u * w];
-            let pb = phi[m * (K / 4u) + 2u * w + 1u];
-            for (var b = 0u; b < TB; b++) {
-                acc[b * (M + 1u) + m] += dot(xs[2u * b], pa) + dot(xs[2u * b + 1u], pb);
-            }
-        }
-    }
-#else
-    for (var k = lid; k < K; k += WG) {
-        var xs: array<f32, TB>;
-        for (var b = 0u; b < TB; b++) {
-            var v = 0.0;
-            if (tok0 + b < params.t) {
-                v = x_at((tok0 + b) * K + k);
-            }
-            acc[b * (M + 1u) + M] += v * v;
-#if HAS_GAMMA
-            v *= gamma[k];
-#endif
-            xs[b] = v;
-        }
-        for (var m = 0u; m < M; m++) {
-            let p = phi[m * K + k];
-            for (var b = 0u; b < TB; b++) {
-                acc[b * (M + 1u) + m] += xs[b] * p;
-            }
-        }
-    }
-#endif
-    block_reduce(lane, &acc);
+    projections(lane, tok0);
 
     // Gates, one invocation per (token, output).
-    for (var e = lid; e < TB * M; e += WG) {
+    for (var e = lid; e < TW * M; e += WG) {
         let b = e / M;
         let m = e % M;
         let tok = tok0 + b;
         if (tok < params.t) {
-            let inv = 1.0 / sqrt(red_total[b * (M + 1u) + M] / f32(K) + params.norm_eps);
-            let hm = red_total[b * (M + 1u) + m];
+            let inv = 1.0 / sqrt(sum_at(b, M) / f32(K) + params.norm_eps);
+            let hm = sum_at(b, m);
             h_mix[tok * M + m] = hm;
             let tv = hm * inv;
             if (m == 0u) {
@@ -153,39 +210,41 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     workgroupBarrier();
 
 #if SINKHORN
-    for (var b = lid; b < TB; b += WG) {
+    for (var b = lid; b < TW; b += WG) {
         if (tok0 + b < params.t) {
             var l: array<f32, NN>;
-            for (var e = 0u; e < NN; e++) {
-                l[e] = res_logits[b * NN + e];
-            }
+#unroll e NN
+            l[{e}] = res_logits[b * NN + {e}];
+#endunroll
             let p = sk_forward(&l, params.sinkhorn_iters, params.sinkhorn_eps);
-            for (var e = 0u; e < NN; e++) {
-                h_res[(tok0 + b) * NN + e] = p[e];
-            }
+#unroll e NN
+            h_res[(tok0 + b) * NN + {e}] = p[{e}];
+#endunroll
         }
     }
 #endif
 
     // Pass 2: h_in = sum_i h_pre[i] * x[i, :].
 #if VEC4
-    for (var e = lid; e < TB * (D / 8u); e += WG) {
+    for (var e = lid; e < TW * (D / 8u); e += WG) {
         let b = e / (D / 8u);
         let w = e % (D / 8u);
         let tok = tok0 + b;
         if (tok < params.t) {
             var lo = vec4<f32>(0.0);
             var hi = vec4<f32>(0.0);
-            for (var i = 0u; i < N; i++) {
-                let q = x[tok * (K / 8u) + i * (D / 8u) + w];
-                lo += gate_pre[b * N + i] * lo4(q);
-                hi += gate_pre[b * N + i] * hi4(q);
+#unroll i N
+            {
+                let q = x[tok * W8 + {i} * (D / 8u) + w];
+                lo += gate_pre[b * N + {i}] * lo4(q);
+                hi += gate_pre[b * N + {i}] * hi4(q);
             }
+#endunroll
             h_in[tok * (D / 8u) + w] = pack4(lo, hi);
         }
     }
 #else
-    for (var e = lid; e < TB * D; e += WG) {
+    for (var e = lid; e < TW * D; e += WG) {
         let b = e / D;
         let d = e % D;
         let tok = tok0 + b;

@@ -16,12 +16,14 @@ struct Lane {
 var<workgroup> red_part: array<f32, NV * (WG / SG_MIN)>;
 
 fn block_reduce(lane: Lane, acc: ptr<function, array<f32, NV>>) {
-    for (var v = 0u; v < NV; v++) {
-        let s = subgroupAdd((*acc)[v]);
+#unroll v NV
+    {
+        let s = subgroupAdd((*acc)[{v}]);
         if (lane.sg_lane == 0u) {
-            red_part[lane.sg_id * NV + v] = s;
+            red_part[lane.sg_id * NV + {v}] = s;
         }
     }
+#endunroll
     workgroupBarrier();
     for (var v = lane.lid; v < NV; v += WG) {
         var total = 0.0;
@@ -37,30 +39,23 @@ struct Lane {
     @builtin(local_invocation_index) lid: u32,
 }
 
-// Without subgroups: a shared-memory tree over RC values at a time.
-const RC: u32 = 8u;
-var<workgroup> red_part: array<f32, RC * WG>;
+// Without subgroups: a shared-memory tree for each value in turn.
+var<workgroup> red_part: array<f32, WG>;
 
 fn block_reduce(lane: Lane, acc: ptr<function, array<f32, NV>>) {
-    for (var base = 0u; base < NV; base += RC) {
-        for (var c = 0u; c < RC; c++) {
-            if (base + c < NV) {
-                red_part[c * WG + lane.lid] = (*acc)[base + c];
-            }
-        }
-        workgroupBarrier();
-        for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-            if (lane.lid < stride) {
-                for (var c = 0u; c < RC; c++) {
-                    red_part[c * WG + lane.lid] += red_part[c * WG + lane.lid + stride];
-                }
-            }
-            workgroupBarrier();
-        }
-        if (lane.lid < RC && base + lane.lid < NV) {
-            red_total[base + lane.lid] = red_part[lane.lid * WG];
+#unroll v NV
+    red_part[lane.lid] = (*acc)[{v}];
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if (lane.lid < stride) {
+            red_part[lane.lid] += red_part[lane.lid + stride];
         }
         workgroupBarrier();
     }
+    if (lane.lid == 0u) {
+        red_total[{v}] = red_part[0];
+    }
+    workgroupBarrier();
+#endunroll
 }
 #endif

@@ -19,13 +19,13 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         return;
     }
     var l: array<f32, NN>;
-    for (var e = 0u; e < NN; e++) {
-        l[e] = logits[tok * NN + e];
-    }
+#unroll e NN
+    l[{e}] = logits[tok * NN + {e}];
+#endunroll
     let p = sk_forward(&l, params.iters, params.eps);
-    for (var e = 0u; e < NN; e++) {
-        result[tok * NN + e] = p[e];
-    }
+#unroll e NN
+    result[tok * NN + {e}] = p[{e}];
+#endunroll
 }
 
 @compute @workgroup_size(WG)
@@ -36,12 +36,12 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     var l: array<f32, NN>;
     var g: array<f32, NN>;
-    for (var e = 0u; e < NN; e++) {
-        l[e] = logits[tok * NN + e];
-        g[e] = d_out[tok * NN + e];
-    }
+#unroll e NN
+    l[{e}] = logits[tok * NN + {e}];
+    g[{e}] = d_out[tok * NN + {e}];
+#endunroll
     let dl = sk_backward(&l, &g, params.iters, params.eps);
-    for (var e = 0u; e < NN; e++) {
-        result[tok * NN + e] = dl[e];
-    }
+#unroll e NN
+    result[tok * NN + {e}] = dl[{e}];
+#endunroll
 }

@@ -1,43 +1,87 @@
 // ---- sinkhorn_math.wgsl: the Sinkhorn-Knopp projection of one token's N x N matrix ----
-// Needs: N, NN = N * N. Matrices are row-major (row j, column i) in private arrays.
+// Needs: N, NN = N * N. Matrices are row-major (row j, column i) in private arrays, indexed
+// only by unrolled constants so that they stay in registers.
 // Normalisation step s (0-based) divides columns when s is even and rows when s is odd:
 // after the softmax come `cols`, then iters - 1 pairs of (rows, cols), 2 * iters - 1 in all.
 
 fn sk_softmax(l: ptr<function, array<f32, NN>>, eps: f32) -> array<f32, NN> {
     var p: array<f32, NN>;
-    for (var j = 0u; j < N; j++) {
-        var mx = (*l)[j * N];
-        for (var i = 1u; i < N; i++) {
-            mx = max(mx, (*l)[j * N + i]);
-        }
+#unroll j N
+    {
+        var mx = (*l)[{j} * N];
+#unroll i N
+        mx = max(mx, (*l)[{j} * N + {i}]);
+#endunroll
         var s = 0.0;
-        for (var i = 0u; i < N; i++) {
-            p[j * N + i] = exp((*l)[j * N + i] - mx);
-            s += p[j * N + i];
-        }
-        for (var i = 0u; i < N; i++) {
-            p[j * N + i] = p[j * N + i] / s + eps;
-        }
+#unroll i N
+        p[{j} * N + {i}] = exp((*l)[{j} * N + {i}] - mx);
+        s += p[{j} * N + {i}];
+#endunroll
+#unroll i N
+        p[{j} * N + {i}] = p[{j} * N + {i}] / s + eps;
+#endunroll
     }
+#endunroll
     return p;
 }
 
-// Index of element b of line a: column a when `cols`, else row a.
-fn sk_at(a: u32, b: u32, cols: bool) -> u32 {
-    return select(a * N + b, b * N + a, cols);
+// Divides each column (`cols`) or row by its sum + eps; `den` receives those divisors.
+fn sk_normalise(p: ptr<function, array<f32, NN>>, cols: bool, eps: f32, den: ptr<function, array<f32, N>>) {
+    if (cols) {
+#unroll i N
+        {
+            var s = 0.0;
+#unroll j N
+            s += (*p)[{j} * N + {i}];
+#endunroll
+            (*den)[{i}] = s + eps;
+#unroll j N
+            (*p)[{j} * N + {i}] = (*p)[{j} * N + {i}] / (s + eps);
+#endunroll
+        }
+#endunroll
+    } else {
+#unroll j N
+        {
+            var s = 0.0;
+#unroll i N
+            s += (*p)[{j} * N + {i}];
+#endunroll
+            (*den)[{j}] = s + eps;
+#unroll i N
+            (*p)[{j} * N + {i}] = (*p)[{j} * N + {i}] / (s + eps);
+#endunroll
+        }
+#endunroll
+    }
 }
 
-// Normalises `p` in place along columns or rows; `den` receives each line's sum + eps.
-fn sk_normalise(p: ptr<function, array<f32, NN>>, cols: bool, eps: f32, den: ptr<function, array<f32, N>>) {
-    for (var a = 0u; a < N; a++) {
-        var s = 0.0;
-        for (var b = 0u; b < N; b++) {
-            s += (*p)[sk_at(a, b, cols)];
+// The gradient through one normalisation, given its output q and divisors.
+fn sk_normalise_back(g: ptr<function, array<f32, NN>>, q: ptr<function, array<f32, NN>>, cols: bool, den: ptr<function, array<f32, N>>) {
+    if (cols) {
+#unroll i N
+        {
+            var dot = 0.0;
+#unroll j N
+            dot += (*g)[{j} * N + {i}] * (*q)[{j} * N + {i}];
+#endunroll
+#unroll j N
+            (*g)[{j} * N + {i}] = ((*g)[{j} * N + {i}] - dot) / (*den)[{i}];
+#endunroll
         }
-        (*den)[a] = s + eps;
-        for (var b = 0u; b < N; b++) {
-            (*p)[sk_at(a, b, cols)] = (*p)[sk_at(a, b, cols)] / (s + eps);
+#endunroll
+    } else {
+#unroll j N
+        {
+            var dot = 0.0;
+#unroll i N
+            dot += (*g)[{j} * N + {i}] * (*q)[{j} * N + {i}];
+#endunroll
+#unroll i N
+            (*g)[{j} * N + {i}] = ((*g)[{j} * N + {i}] - dot) / (*den)[{j}];
+#endunroll
         }
+#endunroll
     }
 }
 
@@ -61,30 +105,24 @@ fn sk_backward(l: ptr<function, array<f32, NN>>, d_out: ptr<function, array<f32,
     var g = *d_out;
     var den: array<f32, N>;
     for (var s = 2u * iters - 1u; s > 0u; s--) {
-        let cols = ((s - 1u) & 1u) == 0u;
         var q = sk_state(l, s - 1u, eps);
+        let cols = ((s - 1u) & 1u) == 0u;
         sk_normalise(&q, cols, eps, &den);
-        for (var a = 0u; a < N; a++) {
-            var dot = 0.0;
-            for (var b = 0u; b < N; b++) {
-                dot += g[sk_at(a, b, cols)] * q[sk_at(a, b, cols)];
-            }
-            for (var b = 0u; b < N; b++) {
-                g[sk_at(a, b, cols)] = (g[sk_at(a, b, cols)] - dot) / den[a];
-            }
-        }
+        sk_normalise_back(&g, &q, cols, &den);
     }
     // Softmax rows: S = P0 - eps.
     let p0 = sk_softmax(l, 0.0);
     var dl: array<f32, NN>;
-    for (var j = 0u; j < N; j++) {
+#unroll j N
+    {
         var dot = 0.0;
-        for (var i = 0u; i < N; i++) {
-            dot += g[j * N + i] * p0[j * N + i];
-        }
-        for (var i = 0u; i < N; i++) {
-            dl[j * N + i] = p0[j * N + i] * (g[j * N + i] - dot);
-        }
+#unroll i N
+        dot += g[{j} * N + {i}] * p0[{j} * N + {i}];
+#endunroll
+#unroll i N
+        dl[{j} * N + {i}] = p0[{j} * N + {i}] * (g[{j} * N + {i}] - dot);
+#endunroll
     }
+#endunroll
     return dl;
 }

@@ -6,7 +6,7 @@ use common::*;
 use mhc::core::golden::{post_forward_f64, pre_forward_f64, sinkhorn_forward_f64};
 use mhc::core::random::{PostInputs, PreInputs, TensorRng, seed_from_env};
 use mhc::core::{DType, Dims, Error, HostTensor, PostForwardInputs, PreForwardInputs, PreParams, SinkhornParams};
-use mhc::runtime::{Context, GpuTensor, ops};
+use mhc::runtime::{Context, ContextOptions, GpuTensor, Tile, ops};
 
 fn run_pre_forward(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool, sinkhorn: Option<SinkhornParams>) {
     let seed = seed_from_env();
@@ -72,6 +72,17 @@ fn pre_forward_single_token_and_gamma_variants() {
 fn pre_forward_without_subgroups() {
     run_pre_forward(ctx_portable(), 7, 4, 64, true, None);
     run_pre_forward(ctx_portable(), 4, 3, 5, false, None);
+}
+
+/// Every token layout of the vector path gives the same answers, over many workgroups.
+#[test]
+fn pre_forward_tiles() {
+    for (tb, tpl) in [(8, 1), (16, 2), (32, 2), (4, 3)] {
+        let opts = ContextOptions { pre_forward_tile: Some(Tile { tb, tpl }), ..Default::default() };
+        let ctx = Context::with_options(opts).unwrap();
+        run_pre_forward(&ctx, 301, 4, 64, true, None);
+        run_pre_forward(&ctx, 97, 2, 40, false, Some(SinkhornParams::default()));
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use mhc_core::{Error, Result};
-use mhc_wgsl::Target;
+use mhc_wgsl::{Target, Tile};
 
 use crate::pipeline::PipelineCache;
 
@@ -19,6 +19,9 @@ pub struct ContextOptions {
     /// Caps the workgroups of one grid dimension below the device's own limit (65535), so the
     /// 2D grids of wide dispatches can be tested on small inputs.
     pub max_workgroups_per_dimension: Option<u32>,
+    /// The token layout of mhc_pre forward's vector path, for tuning on a new GPU; by default
+    /// chosen from the token count. `Context::new` reads `MHC_PRE_TILE=tb,tpl`.
+    pub pre_forward_tile: Option<Tile>,
 }
 
 impl Default for ContextOptions {
@@ -28,6 +31,7 @@ impl Default for ContextOptions {
             use_subgroups: true,
             max_binding_size: None,
             max_workgroups_per_dimension: None,
+            pre_forward_tile: None,
         }
     }
 }
@@ -51,6 +55,7 @@ pub struct Context {
     caps: Capabilities,
     max_binding: u64,
     max_groups: u32,
+    pre_tile: Option<Tile>,
     pub(crate) pipelines: PipelineCache,
     pub(crate) timer: crate::timing::TimerSlot,
     lost: Arc<Mutex<Option<String>>>,
@@ -79,7 +84,7 @@ impl Context {
     /// The default adapter: `WGPU_ADAPTER_NAME` (a substring of the name) when set, else the
     /// high-performance one; `WGPU_BACKEND` limits the backends searched.
     pub fn new() -> Result<Self> {
-        Self::with_options(ContextOptions::default())
+        Self::with_options(ContextOptions { pre_forward_tile: tile_from_env()?, ..Default::default() })
     }
 
     pub fn with_options(opts: ContextOptions) -> Result<Self> {
@@ -158,6 +163,7 @@ impl Context {
             caps,
             max_binding,
             max_groups,
+            pre_tile: opts.pre_forward_tile,
             pipelines: PipelineCache::default(),
             timer: Default::default(),
             lost,
@@ -187,6 +193,10 @@ impl Context {
 
     pub(crate) fn max_workgroups_per_dimension(&self) -> u32 {
         self.max_groups
+    }
+
+    pub(crate) fn pre_forward_tile(&self) -> Option<Tile> {
+        self.pre_tile
     }
 
     pub(crate) fn target(&self) -> Target {
@@ -224,5 +234,18 @@ impl Context {
     pub fn wait(&self) -> Result<()> {
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::gpu("wait", e))?;
         self.check_lost()
+    }
+}
+
+/// `MHC_PRE_TILE=tb,tpl`: tb tokens a row of invocations (a power of two up to 256), tpl tokens
+/// an invocation (1 to 8).
+fn tile_from_env() -> Result<Option<Tile>> {
+    let Ok(v) = std::env::var("MHC_PRE_TILE") else { return Ok(None) };
+    let bad =
+        || Error::param("MHC_PRE_TILE", format!("expected tb,tpl (tb a power of two <= 256, tpl 1..=8), got {v:?}"));
+    let parts: Vec<u32> = v.split(',').map(|p| p.trim().parse().map_err(|_| bad())).collect::<Result<_>>()?;
+    match parts[..] {
+        [tb, tpl] if tb.is_power_of_two() && tb <= 256 && (1..=8).contains(&tpl) => Ok(Some(Tile { tb, tpl })),
+        _ => Err(bad()),
     }
 }

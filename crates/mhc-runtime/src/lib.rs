@@ -13,5 +13,6 @@ mod timing;
 
 pub use context::{Capabilities, Context, ContextOptions, adapters};
 pub use mhc_core::TensorMeta;
+pub use mhc_wgsl::Tile;
 pub use tensor::GpuTensor;
 pub use wgpu;

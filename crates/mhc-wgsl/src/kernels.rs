@@ -39,14 +39,35 @@ fn tokens_per_group(values_per_token: u32, budget: u32) -> u32 {
     (budget / values_per_token).clamp(1, 8)
 }
 
-/// mhc_pre forward: the whole layer for a block of tokens in one workgroup.
-pub fn pre_forward(n: u32, d: u32, has_gamma: bool, sinkhorn: bool, target: Target) -> Spec {
-    let tb = tokens_per_group(m_of(n) + 1, 100);
-    base(n, d, 256, target)
-        .with("TB", tb)
-        .with("NV", tb * (m_of(n) + 1))
-        .flag("HAS_GAMMA", has_gamma)
-        .flag("SINKHORN", sinkhorn)
+/// How the vector path of mhc_pre forward lays out its tokens: `tb` tokens a row of
+/// invocations (the rows split K between them), `tpl` tokens an invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tile {
+    pub tb: u32,
+    pub tpl: u32,
+}
+
+impl Tile {
+    /// The default for `tokens` tokens of `n` streams: two tokens an invocation where the
+    /// sums fit in registers, and rows short enough to give a large GPU a few hundred
+    /// workgroups.
+    pub fn for_tokens(n: u32, tokens: usize) -> Tile {
+        let tpl = if m_of(n) <= 24 { 2 } else { 1 };
+        let tb = [32, 16, 8].into_iter().find(|&tb| tokens / (tb * tpl) as usize >= 256).unwrap_or(8);
+        Tile { tb, tpl }
+    }
+}
+
+/// mhc_pre forward: the whole layer for a tile of tokens in one workgroup.
+pub fn pre_forward(n: u32, d: u32, sinkhorn: bool, target: Target, tile: Tile) -> Spec {
+    let spec = base(n, d, 256, target).flag("SINKHORN", sinkhorn);
+    if d.is_multiple_of(8) {
+        // block_reduce is not used on this path; NV only sizes its (unused) arrays.
+        spec.with("TB", tile.tb).with("TPL", tile.tpl).with("NV", m_of(n) + 1)
+    } else {
+        let tb = tokens_per_group(m_of(n) + 1, 100);
+        spec.with("TB", tb).with("NV", tb * (m_of(n) + 1))
+    }
 }
 
 /// mhc_pre backward: `rows`, `cols` and the two `finish` entry points share this spec.

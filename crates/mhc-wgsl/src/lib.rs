@@ -9,7 +9,7 @@ mod kernels;
 mod preprocess;
 mod spec;
 
-pub use kernels::{Target, bench, optim, post, pre_backward, pre_forward, sinkhorn};
+pub use kernels::{Target, Tile, bench, optim, post, pre_backward, pre_forward, sinkhorn};
 pub use preprocess::preprocess;
 pub use spec::Spec;
 
@@ -69,7 +69,7 @@ impl Family {
     /// The entry points of the family's file.
     pub fn entry_points(self) -> &'static [&'static str] {
         match self {
-            Family::PreForward => &["main"],
+            Family::PreForward => &["fold_gamma", "main"],
             Family::PreBackward => &["rows", "cols", "finish", "finish_small"],
             Family::Sinkhorn => &["forward", "backward"],
             Family::Post => &["forward", "backward"],

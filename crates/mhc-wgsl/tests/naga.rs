@@ -9,11 +9,11 @@ fn specs(family: Family) -> Vec<Spec> {
     let targets = [Target::PORTABLE, Target { subgroup: true, sg_min: 8 }, Target { subgroup: true, sg_min: 32 }];
     let mut out = Vec::new();
     for n in [1, 2, 4, 8] {
-        for d in [1, 3, 8, 64, 130] {
+        for d in [1, 8, 130] {
             for t in targets {
                 out.extend(match family {
-                    Family::PreForward => [(false, false), (true, true), (true, false), (false, true)]
-                        .map(|(g, s)| mhc_wgsl::pre_forward(n, d, g, s, t))
+                    Family::PreForward => [(false, 8, 1), (true, 32, 2), (true, 16, 1), (false, 8, 2)]
+                        .map(|(s, tb, tpl)| mhc_wgsl::pre_forward(n, d, s, t, mhc_wgsl::Tile { tb, tpl }))
                         .to_vec(),
                     Family::PreBackward => [false, true].map(|g| mhc_wgsl::pre_backward(n, d, g, t)).to_vec(),
                     Family::Post => vec![mhc_wgsl::post(n, d, t)],

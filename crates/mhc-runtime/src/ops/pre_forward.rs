@@ -1,8 +1,10 @@
+use bytemuck::Zeroable;
 use mhc_core::shape::expect_per_token;
 use mhc_core::{DType, Dims, Error, PreForwardInputs, PreParams, Result, SinkhornParams};
-use mhc_wgsl::Family;
+use mhc_wgsl::{Family, Tile};
 
 use super::to_u32;
+use crate::dispatch::Chunks;
 use crate::{Context, GpuTensor};
 
 #[repr(C)]
@@ -111,9 +113,31 @@ pub fn pre_forward_into(
         ctx.check_whole("gamma", g)?;
     }
     let (n, d) = (to_u32(dims.n, "n")?, to_u32(dims.d, "D")?);
-    let spec = mhc_wgsl::pre_forward(n, d, inp.gamma.is_some(), sinkhorn.is_some(), ctx.target());
+    let tile = ctx.pre_forward_tile().unwrap_or_else(|| Tile::for_tokens(n, dims.t));
+    let spec = mhc_wgsl::pre_forward(n, d, sinkhorn.is_some(), ctx.target(), tile);
     let tb = spec.get("TB").expect("pre_forward spec sets TB") as usize;
+    let tokens_per_group = tb * spec.get("TPL").map_or(1, |v| v as usize);
     let pipeline = ctx.pipeline(Family::PreForward, "main", &spec)?;
+    let wg = spec.get("WG").expect("pre_forward spec sets WG") as usize;
+
+    // gamma is folded into a copy of phi once per call, so the kernel reads one matrix.
+    let folded = match inp.gamma {
+        Some(g) => {
+            let folded = GpuTensor::zeros(ctx, "phi * gamma", &[dims.m(), dims.k()], DType::F32)?;
+            let fold = ctx.pipeline(Family::PreForward, "fold_gamma", &spec)?;
+            let elements = dims.m() * dims.k();
+            let fold_params = |_: usize, _: &std::ops::Range<usize>| {
+                Ok(ctx.uniform(&Params { t: to_u32(elements, "phi")?, ..Params::zeroed() }))
+            };
+            ctx.submit("mhc_pre forward: fold gamma", |pass| {
+                let whole = [(13, inp.phi), (14, g), (15, &folded)];
+                ctx.record_chunks(pass, &fold, &Chunks::whole(1), &[], &whole, fold_params, |_| elements.div_ceil(wg))
+            })?;
+            Some(folded)
+        }
+        None => None,
+    };
+    let phi = folded.as_ref().unwrap_or(inp.phi);
 
     let mut rows = vec![
         (1, inp.x, "x"),
@@ -127,8 +151,7 @@ pub fn pre_forward_into(
     if let (Some(l), Some(_)) = (&out.h_res_logits, sinkhorn) {
         rows.push((12, l, "h_res_logits"));
     }
-    let mut whole = vec![(2, inp.phi), (3, inp.alpha), (4, inp.bias)];
-    whole.extend(inp.gamma.map(|g| (5, g)));
+    let whole = [(2, phi), (3, inp.alpha), (4, inp.bias)];
     let chunks = ctx.chunks_for(dims.t, &rows)?;
     let sk = sinkhorn.copied().unwrap_or_default();
     let params = |_: usize, range: &std::ops::Range<usize>| {
@@ -143,6 +166,6 @@ pub fn pre_forward_into(
         }))
     };
     ctx.submit("mhc_pre forward", |pass| {
-        ctx.record_chunks(pass, &pipeline, &chunks, &rows, &whole, params, |r| r.len().div_ceil(tb))
+        ctx.record_chunks(pass, &pipeline, &chunks, &rows, &whole, params, |r| r.len().div_ceil(tokens_per_group))
     })
 }
