@@ -50,10 +50,11 @@ pub struct Tile {
 impl Tile {
     /// The default for `tokens` tokens of `n` streams: two tokens an invocation where the
     /// sums fit in registers, and rows short enough to give a large GPU a few hundred
-    /// workgroups.
+    /// workgroups. On an H200, rows of 8 or 16 tokens timed best (docs/PERFORMANCE.md); 32
+    /// splits K too coarsely.
     pub fn for_tokens(n: u32, tokens: usize) -> Tile {
         let tpl = if m_of(n) <= 24 { 2 } else { 1 };
-        let tb = [32, 16, 8].into_iter().find(|&tb| tokens / (tb * tpl) as usize >= 256).unwrap_or(8);
+        let tb = if tokens / (16 * tpl) as usize >= 512 { 16 } else { 8 };
         Tile { tb, tpl }
     }
 }
