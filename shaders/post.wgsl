@@ -30,6 +30,21 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> dplm: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dcomb: array<f32>;
 
+// Writes the workgroup's reduced sums: dpost_layer_mix and dcomb_res_mix of its tokens.
+fn store_token_sums(lid: u32, tok0: u32) {
+    for (var e = lid; e < TB * (N + NN); e += WG) {
+        let tok = tok0 + e / (N + NN);
+        let r = e % (N + NN);
+        if (tok < params.t) {
+            if (r < N) {
+                dplm[tok * N + r] = red_total[e];
+            } else {
+                dcomb[tok * NN + r - N] = red_total[e];
+            }
+        }
+    }
+}
+
 #if VEC4
 const W: u32 = D / 8u;
 
@@ -111,17 +126,7 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     }
 #endunroll
     block_reduce(lane, &acc);
-    for (var e = lane.lid; e < TB * (N + NN); e += WG) {
-        let tok = tok0 + e / (N + NN);
-        let r = e % (N + NN);
-        if (tok < params.t) {
-            if (r < N) {
-                dplm[tok * N + r] = red_total[e];
-            } else {
-                dcomb[tok * NN + r - N] = red_total[e];
-            }
-        }
-    }
+    store_token_sums(lane.lid, tok0);
 }
 #else
 @compute @workgroup_size(WG)
@@ -189,16 +194,6 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     }
 #endunroll
     block_reduce(lane, &acc);
-    for (var e = lane.lid; e < TB * (N + NN); e += WG) {
-        let tok = tok0 + e / (N + NN);
-        let r = e % (N + NN);
-        if (tok < params.t) {
-            if (r < N) {
-                dplm[tok * N + r] = red_total[e];
-            } else {
-                dcomb[tok * NN + r - N] = red_total[e];
-            }
-        }
-    }
+    store_token_sums(lane.lid, tok0);
 }
 #endif
