@@ -29,7 +29,7 @@ pub struct Options {
     pub sinkhorn: SinkhornParams,
 }
 
-fn get<'a>(inputs: &'a Named, name: &str) -> Result<&'a HostTensor> {
+fn get<'a, T>(inputs: &'a BTreeMap<String, T>, name: &str) -> Result<&'a T> {
     inputs.get(name).ok_or_else(|| Error::Missing { tensor: name.into() })
 }
 
@@ -91,7 +91,8 @@ fn cpu(op: Op, inputs: &Named, opts: &Options) -> Result<Vec<(&'static str, Host
     })
 }
 
-fn pre_inputs(inputs: &Named) -> Result<PreForwardInputs<'_, HostTensor>> {
+// Input structs from tensors by name, host or GPU alike.
+fn pre_inputs<T>(inputs: &BTreeMap<String, T>) -> Result<PreForwardInputs<'_, T>> {
     Ok(PreForwardInputs {
         x: get(inputs, "x")?,
         phi: get(inputs, "phi")?,
@@ -101,7 +102,7 @@ fn pre_inputs(inputs: &Named) -> Result<PreForwardInputs<'_, HostTensor>> {
     })
 }
 
-fn pre_backward_inputs(inputs: &Named) -> Result<PreBackwardInputs<'_, HostTensor>> {
+fn pre_backward_inputs<T>(inputs: &BTreeMap<String, T>) -> Result<PreBackwardInputs<'_, T>> {
     let g = |name| get(inputs, name);
     Ok(PreBackwardInputs {
         fwd: pre_inputs(inputs)?,
@@ -115,7 +116,7 @@ fn pre_backward_inputs(inputs: &Named) -> Result<PreBackwardInputs<'_, HostTenso
     })
 }
 
-fn post_inputs(inputs: &Named) -> Result<PostForwardInputs<'_, HostTensor>> {
+fn post_inputs<T>(inputs: &BTreeMap<String, T>) -> Result<PostForwardInputs<'_, T>> {
     Ok(PostForwardInputs {
         x: get(inputs, "x")?,
         residual: get(inputs, "residual")?,
@@ -148,27 +149,10 @@ fn gpu(ctx: &Context, op: Op, inputs: &Named, opts: &Options) -> Result<Vec<(&'s
     for (name, t) in inputs {
         up.insert(name.clone(), GpuTensor::upload(ctx, name, t)?);
     }
-    let g = |name: &str| up.get(name).ok_or_else(|| Error::Missing { tensor: name.into() });
-    let pre = || -> Result<PreForwardInputs<'_, GpuTensor>> {
-        Ok(PreForwardInputs {
-            x: g("x")?,
-            phi: g("phi")?,
-            alpha: g("alpha")?,
-            bias: g("bias")?,
-            gamma: up.get("gamma"),
-        })
-    };
-    let post = || -> Result<PostForwardInputs<'_, GpuTensor>> {
-        Ok(PostForwardInputs {
-            x: g("x")?,
-            residual: g("residual")?,
-            post_layer_mix: g("post_layer_mix")?,
-            comb_res_mix: g("comb_res_mix")?,
-        })
-    };
+    let g = |name| get(&up, name);
     let outs: Vec<(&'static str, GpuTensor)> = match op {
         Op::PreForward => {
-            let o = ops::pre_forward(ctx, &pre()?, &opts.pre, None)?;
+            let o = ops::pre_forward(ctx, &pre_inputs(&up)?, &opts.pre, None)?;
             vec![
                 ("h_in", o.h_in),
                 ("h_post", o.h_post),
@@ -179,26 +163,16 @@ fn gpu(ctx: &Context, op: Op, inputs: &Named, opts: &Options) -> Result<Vec<(&'s
             ]
         }
         Op::PreBackward => {
-            let inp = PreBackwardInputs {
-                fwd: pre()?,
-                inv_rms: g("inv_rms")?,
-                h_mix: g("h_mix")?,
-                h_pre: g("h_pre")?,
-                h_post: g("h_post")?,
-                dh_in: g("dh_in")?,
-                dh_post: g("dh_post")?,
-                dh_res: g("dh_res")?,
-            };
-            let o = ops::pre_backward(ctx, &inp, &opts.pre)?;
+            let o = ops::pre_backward(ctx, &pre_backward_inputs(&up)?, &opts.pre)?;
             vec![("dx", o.dx), ("dphi", o.dphi), ("dalpha", o.dalpha), ("dbias", o.dbias), ("dgamma", o.dgamma)]
         }
         Op::SinkhornForward => vec![("out", ops::sinkhorn_forward(ctx, g("logits")?, &opts.sinkhorn)?)],
         Op::SinkhornBackward => {
             vec![("d_logits", ops::sinkhorn_backward(ctx, g("logits")?, g("d_out")?, &opts.sinkhorn)?)]
         }
-        Op::PostForward => vec![("out", ops::post_forward(ctx, &post()?)?)],
+        Op::PostForward => vec![("out", ops::post_forward(ctx, &post_inputs(&up)?)?)],
         Op::PostBackward => {
-            let o = ops::post_backward(ctx, &post()?, g("d_out")?)?;
+            let o = ops::post_backward(ctx, &post_inputs(&up)?, g("d_out")?)?;
             vec![
                 ("dx", o.dx),
                 ("dresidual", o.dresidual),
