@@ -120,24 +120,21 @@ pub fn pre_forward_into(
     let pipeline = ctx.pipeline(Family::PreForward, "main", &spec)?;
     let wg = spec.get("WG").expect("pre_forward spec sets WG") as usize;
 
-    // gamma is folded into a copy of phi once per call, so the kernel reads one matrix.
+    // gamma is folded into a copy of phi once per call, so the kernel reads one matrix. The
+    // fold is recorded in the same pass as the kernel: one submission, one timed pass.
+    let elements = dims.m() * dims.k();
     let folded = match inp.gamma {
-        Some(g) => {
-            let folded = GpuTensor::zeros(ctx, "phi * gamma", &[dims.m(), dims.k()], DType::F32)?;
-            let fold = ctx.pipeline(Family::PreForward, "fold_gamma", &spec)?;
-            let elements = dims.m() * dims.k();
-            let fold_params = |_: usize, _: &std::ops::Range<usize>| {
-                Ok(ctx.uniform(&Params { t: to_u32(elements, "phi")?, ..Params::zeroed() }))
-            };
-            ctx.submit("mhc_pre forward: fold gamma", |pass| {
-                let whole = [(13, inp.phi), (14, g), (15, &folded)];
-                ctx.record_chunks(pass, &fold, &Chunks::whole(1), &[], &whole, fold_params, |_| elements.div_ceil(wg))
-            })?;
-            Some(folded)
-        }
+        Some(g) => Some((
+            GpuTensor::zeros(ctx, "phi * gamma", &[dims.m(), dims.k()], DType::F32)?,
+            g,
+            ctx.pipeline(Family::PreForward, "fold_gamma", &spec)?,
+        )),
         None => None,
     };
-    let phi = folded.as_ref().unwrap_or(inp.phi);
+    let fold_params = |_: usize, _: &std::ops::Range<usize>| {
+        Ok(ctx.uniform(&Params { t: to_u32(elements, "phi")?, ..Params::zeroed() }))
+    };
+    let phi = folded.as_ref().map_or(inp.phi, |(f, _, _)| f);
 
     let mut rows = vec![
         (1, inp.x, "x"),
@@ -166,6 +163,10 @@ pub fn pre_forward_into(
         }))
     };
     ctx.submit("mhc_pre forward", |pass| {
+        if let Some((f, g, fold)) = &folded {
+            let whole = [(13, inp.phi), (14, *g), (15, f)];
+            ctx.record_chunks(pass, fold, &Chunks::whole(1), &[], &whole, fold_params, |_| elements.div_ceil(wg))?;
+        }
         ctx.record_chunks(pass, &pipeline, &chunks, &rows, &whole, params, |r| r.len().div_ceil(tokens_per_group))
     })
 }
