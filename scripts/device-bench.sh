@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine: correctness on the real adapter, then mhc bench and the
-# PyTorch peers on the same card. PER_SHAPE=1 runs each bench shape in its own process. Expects the binary in .dev/mhc, the peers in .dev/, and the
+# PyTorch peers on the same card. Expects the binary in .dev/mhc, the peers in .dev/, and the
 # Vulkan loader's .deb files in .gl/ (see docs/PERFORMANCE.md). Writes logs and JSON to $OUT.
+# ITERS: timed runs an operator (default 100); PEERS=0 skips PyTorch; BENCH_ARGS: more options.
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 if [ ! -e /usr/share/vulkan/icd.d/nvidia_icd.json ] && [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
@@ -12,14 +13,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 ./.dev/mhc info 2>&1 | tee "$OUT/info.txt"
 ./.dev/mhc check --quick 2>&1 | tail -3 | tee "$OUT/check.txt"
-if [ "${PER_SHAPE:-0}" = 1 ]; then
-    # Each default shape in its own process (see docs/PERFORMANCE.md on allocation spread).
-    for s in 4096,4,2560 8192,4,2560 16384,4,4096 8192,4,7168; do
-        ./.dev/mhc bench --iters "${ITERS:-50}" --shape "$s" --json "$OUT/bench-${s//,/x}.json" 2>&1 | tee -a "$OUT/bench.txt"
-    done
-else
-    ./.dev/mhc bench --iters "${ITERS:-50}" --json "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.txt"
-fi
+./.dev/mhc bench --iters "${ITERS:-100}" --json "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.txt"
 if [ "${PEERS:-1}" = 1 ]; then
     python3 .dev/torch_mhc.py --json "$OUT/torch.json" 2>&1 | tee "$OUT/torch.txt"
 fi

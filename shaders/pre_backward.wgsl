@@ -1,6 +1,6 @@
 // ---- pre_backward.wgsl: mhc_pre backward (SPEC.md section 2) in three entry points ----
 // Needs: N, D, K = N * D, M, NN, TB tokens a `rows` workgroup, WG, NV = TB * N, SG_MIN, CHT
-// tokens staged at a time by `cols`; flags VEC4 (D % 8 == 0), PAIR (D % 2 == 0), HAS_GAMMA,
+// tokens staged at a time by `cols`, TV = (M + 4) / 4; flags VEC4 (D % 8 == 0), PAIR (D % 2 == 0), HAS_GAMMA,
 // SUBGROUP.
 //
 // Passes over the large tensors: x and dh_in are each read twice, dx written once.
@@ -158,19 +158,32 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
 }
 
-var<workgroup> tok_s: array<f32, CHT * (M + 1u)>;
+// A token's M + 1 scalars as TV vec4s: `cols` reads 4 with one shared-memory load, since
+// one load per FMA-pair would make the load pipe, not the FMA pipe, the limit.
+var<workgroup> tok_s: array<vec4<f32>, CHT * TV>;
 var<workgroup> hpre_s: array<f32, CHT * N>;
 
 // Stages the scalars of tokens [tc, tc + cnt) for the whole workgroup.
 fn stage_tokens(lid: u32, tc: u32, cnt: u32) {
     workgroupBarrier();
     for (var e = lid; e < cnt * (M + 1u); e += WG) {
-        tok_s[e] = tok_data[tc * (M + 1u) + e];
+        let u = e / (M + 1u);
+        let r = e % (M + 1u);
+        tok_s[u * TV + r / 4u][r % 4u] = tok_data[tc * (M + 1u) + e];
     }
     for (var e = lid; e < cnt * N; e += WG) {
         hpre_s[e] = h_pre[tc * N + e];
     }
     workgroupBarrier();
+}
+
+// The staged scalars of token u: dh_mix [M], then coef.
+fn token_scalars(u: u32) -> array<vec4<f32>, TV> {
+    var hv: array<vec4<f32>, TV>;
+#unroll q TV
+    hv[{q}] = tok_s[u * TV + {q}];
+#endunroll
+    return hv;
 }
 
 fn gamma_at(k: u32) -> f32 {
@@ -232,16 +245,17 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 let gw = dhw[(tok * D + d0) / 2u];
                 var dv0 = 0.0;
                 var dv1 = 0.0;
+                let hv = token_scalars(u);
 #unroll m M
                 {
-                    let h = tok_s[u * (M + 1u) + {m}];
+                    let h = hv[{m} / 4u][{m} % 4u];
                     dv0 += h * p0[{m}];
                     dv1 += h * p1[{m}];
                     a0[{m}] += h * v0;
                     a1[{m}] += h * v1;
                 }
 #endunroll
-                let coef = tok_s[u * (M + 1u) + M];
+                let coef = hv[M / 4u][M % 4u];
                 let hp = hpre_s[u * N + i];
                 let r0 = dv0 * g0 - coef * v0 + hp * bf16_lo(gw);
                 let r1 = dv1 * g1 - coef * v1 + hp * bf16_hi(gw);
@@ -296,14 +310,15 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 let ge = tok * D + d;
                 let dh = bf16_at(dhw[ge >> 1u], ge);
                 var dv = 0.0;
+                let hv = token_scalars(u);
 #unroll m M
                 {
-                    let h = tok_s[u * (M + 1u) + {m}];
+                    let h = hv[{m} / 4u][{m} % 4u];
                     dv += h * p[{m}];
                     a[{m}] += h * v;
                 }
 #endunroll
-                let r = dv * g - tok_s[u * (M + 1u) + M] * v + hpre_s[u * N + i] * dh;
+                let r = dv * g - hv[M / 4u][M % 4u] * v + hpre_s[u * N + i] * dh;
                 atomicAnd(&dx[xe >> 1u], half_keep(xe));
                 atomicOr(&dx[xe >> 1u], half_bits(xe, r));
                 ga += v * dv;

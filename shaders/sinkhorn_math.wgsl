@@ -85,6 +85,24 @@ fn sk_normalise_back(g: ptr<function, array<f32, NN>>, q: ptr<function, array<f3
     }
 }
 
+// Multiplies each column (`cols`) or row back by its divisor: the input of a normalisation
+// from its output.
+fn sk_unnormalise(p: ptr<function, array<f32, NN>>, cols: bool, den: ptr<function, array<f32, N>>) {
+    if (cols) {
+#unroll j N
+#unroll i N
+        (*p)[{j} * N + {i}] *= (*den)[{i}];
+#endunroll
+#endunroll
+    } else {
+#unroll j N
+#unroll i N
+        (*p)[{j} * N + {i}] *= (*den)[{j}];
+#endunroll
+#endunroll
+    }
+}
+
 // The matrix after the softmax and the first `steps` normalisations.
 fn sk_state(l: ptr<function, array<f32, NN>>, steps: u32, eps: f32) -> array<f32, NN> {
     var p = sk_softmax(l, eps);
@@ -99,16 +117,33 @@ fn sk_forward(l: ptr<function, array<f32, NN>>, iters: u32, eps: f32) -> array<f
     return sk_state(l, 2u * iters - 1u, eps);
 }
 
-// d_logits from d_out. The forward states are recomputed for each step rather than stored:
-// O(iters^2 * N^2) arithmetic, no memory traffic beyond the token's logits and gradient.
+// Normalisation steps whose divisors the backward keeps at a time.
+const SK_SEGMENT: u32 = 40u;
+
+// d_logits from d_out. The steps are walked back in segments of SK_SEGMENT: the forward is
+// recomputed to the segment's start, run through the segment keeping each step's divisors,
+// and each step's output is turned back into its input by multiplying by them. With the
+// default 20 iterations (39 steps) that is one segment: O(iters) work, and the only memory
+// besides the token's logits and gradient is the divisors' private array.
 fn sk_backward(l: ptr<function, array<f32, NN>>, d_out: ptr<function, array<f32, NN>>, iters: u32, eps: f32) -> array<f32, NN> {
     var g = *d_out;
+    var dens: array<array<f32, N>, SK_SEGMENT>;
     var den: array<f32, N>;
-    for (var s = 2u * iters - 1u; s > 0u; s--) {
-        var q = sk_state(l, s - 1u, eps);
-        let cols = ((s - 1u) & 1u) == 0u;
-        sk_normalise(&q, cols, eps, &den);
-        sk_normalise_back(&g, &q, cols, &den);
+    var hi = 2u * iters - 1u;
+    while (hi > 0u) {
+        let lo = select(0u, hi - SK_SEGMENT, hi > SK_SEGMENT);
+        var q = sk_state(l, lo, eps);
+        for (var s = lo; s < hi; s++) {
+            sk_normalise(&q, (s & 1u) == 0u, eps, &den);
+            dens[s - lo] = den;
+        }
+        for (var s = hi; s > lo; s--) {
+            let cols = ((s - 1u) & 1u) == 0u;
+            den = dens[s - 1u - lo];
+            sk_normalise_back(&g, &q, cols, &den);
+            sk_unnormalise(&q, cols, &den);
+        }
+        hi = lo;
     }
     // Softmax rows: S = P0 - eps.
     let p0 = sk_softmax(l, 0.0);

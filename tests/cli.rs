@@ -648,6 +648,16 @@ fn check_bench_row(row: &serde_json::Value, doc: &serde_json::Value, ctx: &str) 
     let (t, n, d) = (int("T") as usize, int("n") as usize, int("D") as usize);
     let us = num("us");
     assert!(us.is_finite() && us > 0.0, "us of {row}");
+    let runs: Vec<f64> = row["runs_us"]
+        .as_array()
+        .unwrap_or_else(|| panic!("runs_us of {row}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(runs.len() as u64, doc["iters"].as_u64().unwrap(), "{row}");
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert!((sorted[sorted.len() / 2] - us).abs() <= 0.05 + 1e-6 * us, "us {us} is not the median of {runs:?}");
     let (bytes, flops) = (int("bytes"), int("flops"));
     assert!(bytes > 0 && flops > 0, "{row}");
     let dims = Dims::new(t, n, d).unwrap();
@@ -687,10 +697,21 @@ fn read_json(path: &Path, ctx: &str) -> serde_json::Value {
 fn bench_writes_json() {
     let dir = TempDir::new().unwrap();
     let json = dir.path().join("bench.json");
-    let args: Vec<String> =
-        ["bench", "--iters", "3", "--shape", "16,4,64", "--shape", "3,2,3", "--json", &path_str(&json)]
-            .map(String::from)
-            .to_vec();
+    let args: Vec<String> = [
+        "bench",
+        "--iters",
+        "3",
+        "--warmup-ms",
+        "0",
+        "--shape",
+        "16,4,64",
+        "--shape",
+        "3,2,3",
+        "--json",
+        &path_str(&json),
+    ]
+    .map(String::from)
+    .to_vec();
     let out = succeed(&args);
     let ctx = describe(&args, &out);
     let doc = read_json(&json, &ctx);

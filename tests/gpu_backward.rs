@@ -210,6 +210,10 @@ fn sinkhorn_matches_golden() {
     }
     run_sinkhorn(ctx(), 5, 3, SinkhornParams { iters: 1, eps: 1e-6 });
     run_sinkhorn(ctx(), 5, 4, SinkhornParams { iters: 7, eps: 1e-3 });
+    // The backward keeps the divisors of 40 steps at a time: 41 and 89 steps take 2 and 3
+    // segments.
+    run_sinkhorn(ctx(), 7, 4, SinkhornParams { iters: 21, eps: 1e-6 });
+    run_sinkhorn(ctx(), 6, 3, SinkhornParams { iters: 45, eps: 1e-6 });
 }
 
 /// 4,200,000 tokens at 64 a workgroup need 65,625 workgroups.

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,9 +20,13 @@ pub struct BenchArgs {
     /// T,n,D (repeatable). Defaults: 4096,4,2560 8192,4,2560 16384,4,4096 8192,4,7168.
     #[arg(long = "shape", value_parser = parse_shape)]
     shapes: Vec<Dims>,
-    /// Timed runs of each operator (after 3 warm-up runs); the median is reported.
+    /// Timed runs of each operator; the median is reported.
     #[arg(long, default_value_t = 50)]
     iters: usize,
+    /// Untimed runs of each operator before its timed runs, for at least this many milliseconds
+    /// (and at least 3 runs).
+    #[arg(long, default_value_t = 1000)]
+    warmup_ms: u64,
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -42,29 +46,45 @@ fn parse_shape(s: &str) -> Result<Dims, String> {
 const DEFAULT_SHAPES: [(usize, usize, usize); 4] =
     [(4096, 4, 2560), (8192, 4, 2560), (16384, 4, 4096), (8192, 4, 7168)];
 const WARMUP: usize = 3;
+const WARMUP_BATCH: usize = 8;
 /// Inputs are rotated over copies holding at least this many bytes, so that no timed run
 /// finds its inputs in the GPU's cache from the run before.
 const ROTATE_BYTES: u64 = 256 << 20;
 const MAX_COPIES: usize = 16;
 
-/// GPU seconds of each of `iters` calls of `f(i)` (after warm-up), from timestamp queries or,
-/// without them, host time around a blocking submit.
-fn time(ctx: &Context, iters: usize, mut f: impl FnMut(usize) -> mhc::core::Result<()>) -> CliResult<Vec<f64>> {
-    if ctx.capabilities().timestamps {
-        ctx.start_timing((WARMUP + iters) as u32)?;
-        for i in 0..WARMUP + iters {
+/// How many timed runs, after how long a warm-up.
+#[derive(Clone, Copy)]
+struct Runs {
+    iters: usize,
+    warmup: Duration,
+}
+
+/// GPU seconds of each of `runs.iters` calls of `f(i)`, from timestamp queries or, without
+/// them, host time around a blocking submit. Before timing, `f` runs at least `WARMUP` times
+/// and, in batches that keep the GPU busy, for at least `runs.warmup`: on the H200's Vulkan
+/// driver a new pipeline ran 2-5x slower for its first ~200 ms of GPU work, idle time not
+/// counting (docs/PERFORMANCE.md), which a program that runs its kernels for long never sees.
+fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result<()>) -> CliResult<Vec<f64>> {
+    let start = Instant::now();
+    let mut i = 0;
+    while i < WARMUP || start.elapsed() < runs.warmup {
+        for _ in 0..WARMUP_BATCH {
             f(i)?;
-        }
-        Ok(ctx.finish_timing()?.split_off(WARMUP))
-    } else {
-        for i in 0..WARMUP {
-            f(i)?;
+            i += 1;
         }
         ctx.wait()?;
-        (0..iters)
-            .map(|i| {
+    }
+    if ctx.capabilities().timestamps {
+        ctx.start_timing(runs.iters as u32)?;
+        for j in 0..runs.iters {
+            f(i + j)?;
+        }
+        Ok(ctx.finish_timing()?)
+    } else {
+        (0..runs.iters)
+            .map(|j| {
                 let s = Instant::now();
-                f(WARMUP + i)?;
+                f(i + j)?;
                 ctx.wait()?;
                 Ok(s.elapsed().as_secs_f64())
             })
@@ -82,16 +102,16 @@ struct Ceilings {
     flops_per_s: f64,
 }
 
-fn measure_ceilings(ctx: &Context, iters: usize) -> CliResult<Ceilings> {
+fn measure_ceilings(ctx: &Context, runs: Runs) -> CliResult<Ceilings> {
     let bytes = ctx.max_binding_size().min(1 << 30) / 16 * 16;
     let cpu = ctx.adapter_info().device_type == mhc::runtime::wgpu::DeviceType::Cpu;
     let bytes = if cpu { bytes.min(64 << 20) } else { bytes };
     let src = GpuTensor::zeros(ctx, "copy src", &[bytes as usize / 4], DType::F32)?;
     let dst = GpuTensor::zeros(ctx, "copy dst", &[bytes as usize / 4], DType::F32)?;
-    let copy = median(time(ctx, iters, |_| ceilings::copy(ctx, &src, &dst))?);
+    let copy = median(time(ctx, runs, |_| ceilings::copy(ctx, &src, &dst))?);
     let (groups, steps) = if cpu { (16, 256) } else { (8192, 4096) };
     let mut flops = 0;
-    let fma = median(time(ctx, iters.min(20), |_| {
+    let fma = median(time(ctx, Runs { iters: runs.iters.min(20), ..runs }, |_| {
         flops = ceilings::fma(ctx, groups, steps)?;
         Ok(())
     })?);
@@ -108,7 +128,7 @@ fn n_copies(bytes_per_copy: u64) -> usize {
 }
 
 /// Times one operator at one shape; `fused` times mhc_pre forward with its fused Sinkhorn.
-fn bench_op(ctx: &Context, op: Op, dims: &Dims, fused: bool, iters: usize, opts: &Options) -> CliResult<Vec<f64>> {
+fn bench_op(ctx: &Context, op: Op, dims: &Dims, fused: bool, runs: Runs, opts: &Options) -> CliResult<Vec<f64>> {
     let mut rng = TensorRng::new(seed_from_env());
     let (t, n, d, m, k) = (dims.t, dims.n, dims.d, dims.m(), dims.k());
     let up = |name: &str, h: &mhc::core::HostTensor| GpuTensor::upload(ctx, name, h);
@@ -127,7 +147,7 @@ fn bench_op(ctx: &Context, op: Op, dims: &Dims, fused: bool, iters: usize, opts:
             let x = copies(ctx, "x", &rng.bf16(&[t, n, d], -2.0, 2.0), n_copies((t * k * 2) as u64))?;
             let out = ops::PreForwardOutputs::zeros(ctx, dims, fused)?;
             let sk = fused.then_some(&sk);
-            time(ctx, iters, |i| {
+            time(ctx, runs, |i| {
                 let inp =
                     PreForwardInputs { x: &x[i % x.len()], phi: &phi, alpha: &alpha, bias: &bias, gamma: Some(&gamma) };
                 ops::pre_forward_into(ctx, &inp, &out, &opts.pre, sk)
@@ -142,7 +162,7 @@ fn bench_op(ctx: &Context, op: Op, dims: &Dims, fused: bool, iters: usize, opts:
             let dh_post = per_token(&mut rng, "dh_post", &[n], DType::F32)?;
             let dh_res = per_token(&mut rng, "dh_res", &[n, n], DType::F32)?;
             let out = ops::PreBackwardOutputs::zeros(ctx, dims)?;
-            time(ctx, iters, |i| {
+            time(ctx, runs, |i| {
                 let inp = PreBackwardInputs {
                     fwd: PreForwardInputs { x: &x[i % r], ..fwd },
                     inv_rms: &saved.inv_rms,
@@ -162,7 +182,7 @@ fn bench_op(ctx: &Context, op: Op, dims: &Dims, fused: bool, iters: usize, opts:
             let d_out = per_token(&mut rng, "d_out", &[n, n], DType::F32)?;
             let out = GpuTensor::zeros(ctx, "out", &[t, n, n], DType::F32)?;
             let sk: SinkhornParams = sk;
-            time(ctx, iters, |i| {
+            time(ctx, runs, |i| {
                 if op == Op::SinkhornForward {
                     ops::sinkhorn_forward_into(ctx, &logits[i % r], &out, &sk)
                 } else {
@@ -179,7 +199,7 @@ fn bench_op(ctx: &Context, op: Op, dims: &Dims, fused: bool, iters: usize, opts:
             let comb = per_token(&mut rng, "comb_res_mix", &[n, n], DType::F32)?;
             let out = GpuTensor::zeros(ctx, "out", &[t, n, d], DType::BF16)?;
             let grads = ops::PostBackwardOutputs::zeros(ctx, dims, &[t, n])?;
-            time(ctx, iters, |i| {
+            time(ctx, runs, |i| {
                 let inp = PostForwardInputs {
                     x: &x[i % r],
                     residual: &residual[i % r],
@@ -209,7 +229,8 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
         "host timing around blocking submits (no timestamp queries on this adapter)"
     };
     println!("device: {} ({:?}), driver {} {}", info.name, info.backend, info.driver, info.driver_info);
-    println!("timing: {timing}, median of {} runs after {WARMUP} warm-up runs", a.iters);
+    println!("timing: {timing}, median of {} runs after a warm-up of {} ms", a.iters, a.warmup_ms);
+    let runs = Runs { iters: a.iters, warmup: Duration::from_millis(a.warmup_ms) };
     let opts = a.opts.options();
     let ops: Vec<Op> = if a.ops.is_empty() { Op::ALL.to_vec() } else { a.ops.clone() };
     let shapes: Vec<Dims> = if a.shapes.is_empty() {
@@ -228,14 +249,15 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
     let bar = ProgressBar::new((jobs.len() * shapes.len() + 1) as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
     bar.set_message("copy and FMA ceilings");
-    let ceil = measure_ceilings(&ctx, a.iters)?;
+    let ceil = measure_ceilings(&ctx, runs)?;
     bar.inc(1);
     let mut rows = Vec::new();
     for dims in &shapes {
         for &(op, fused) in &jobs {
             let name = if fused { "pre-forward+sinkhorn".to_string() } else { op.name().to_string() };
             bar.set_message(format!("{name} {},{},{}", dims.t, dims.n, dims.d));
-            let secs = median(bench_op(&ctx, op, dims, fused, a.iters, &opts)?);
+            let runs = bench_op(&ctx, op, dims, fused, runs, &opts)?;
+            let secs = median(runs.clone());
             let mut cost = op.cost(dims, opts.sinkhorn.iters);
             if fused {
                 let sk = Op::SinkhornForward.cost(dims, opts.sinkhorn.iters);
@@ -252,6 +274,7 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
                 "memory_floor_us": mem_floor * 1e6, "arith_floor_us": fma_floor * 1e6,
                 "floor_us": floor * 1e6, "x_floor": secs / floor,
                 "bound": if mem_floor >= fma_floor { "memory" } else { "arithmetic" },
+                "runs_us": runs.iter().map(|s| (s * 1e7).round() / 10.0).collect::<Vec<_>>(),
             }));
             bar.inc(1);
         }
@@ -283,7 +306,7 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
     if let Some(path) = &a.json {
         let doc = json!({
             "device": info.name, "backend": format!("{:?}", info.backend), "driver": format!("{} {}", info.driver, info.driver_info),
-            "timing": timing, "iters": a.iters,
+            "timing": timing, "iters": a.iters, "warmup_ms": a.warmup_ms,
             "copy_bytes_per_s": ceil.bytes_per_s, "fma_flops_per_s": ceil.flops_per_s,
             "rows": rows,
         });

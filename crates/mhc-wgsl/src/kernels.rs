@@ -49,12 +49,13 @@ pub struct Tile {
 
 impl Tile {
     /// The default for `tokens` tokens of `n` streams: two tokens an invocation where the
-    /// sums fit in registers, and rows short enough to give a large GPU a few hundred
-    /// workgroups. On an H200, rows of 8 or 16 tokens timed best (docs/PERFORMANCE.md); 32
-    /// splits K too coarsely.
+    /// sums fit in registers; the widest rows (8, 16 or 32 tokens) that still leave 256
+    /// workgroups. On an H200 (docs/PERFORMANCE.md) 8 timed best at 4096 tokens, 16 at 8192
+    /// and 32 at 16384.
     pub fn for_tokens(n: u32, tokens: usize) -> Tile {
         let tpl = if m_of(n) <= 24 { 2 } else { 1 };
-        let tb = if tokens / (16 * tpl) as usize >= 512 { 16 } else { 8 };
+        let rows = |tb: u32| tokens / (tb * tpl) as usize;
+        let tb = [32, 16].into_iter().find(|&tb| rows(tb) >= 256).unwrap_or(8);
         Tile { tb, tpl }
     }
 }
@@ -78,15 +79,18 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
         .with("TB", tb)
         .with("NV", tb * n)
         .with("CHT", 32)
+        .with("TV", (m_of(n) + 4) / 4)
         .flag("HAS_GAMMA", has_gamma)
         // Two columns an invocation doubles the registers held for phi: only for small M.
         .flag("PAIR", d.is_multiple_of(2) && m_of(n) <= 24)
 }
 
-/// mhc_post forward and backward.
-pub fn post(n: u32, d: u32, target: Target) -> Spec {
-    let tb = tokens_per_group(n + n * n, 64);
-    base(n, d, 256, target).with("TB", tb).with("NV", tb * (n + n * n))
+/// mhc_post forward, or its backward. The backward reduces N + NN sums a token over its
+/// workgroup: one token to a workgroup of 64 invocations gives each a few column blocks to
+/// amortise that reduction over and keeps its registers few. On an H200 this took the backward
+/// from 2.6x its memory floor (256 invocations, 3 tokens) to 1.1-1.5x (docs/PERFORMANCE.md).
+pub fn post(n: u32, d: u32, backward: bool, target: Target) -> Spec {
+    base(n, d, if backward { 64 } else { 256 }, target).with("TB", 1).with("NV", n + n * n)
 }
 
 /// Sinkhorn forward and backward, one token an invocation.

@@ -16,7 +16,7 @@ fn specs(family: Family) -> Vec<Spec> {
                         .map(|(s, tb, tpl)| mhc_wgsl::pre_forward(n, d, s, t, mhc_wgsl::Tile { tb, tpl }))
                         .to_vec(),
                     Family::PreBackward => [false, true].map(|g| mhc_wgsl::pre_backward(n, d, g, t)).to_vec(),
-                    Family::Post => vec![mhc_wgsl::post(n, d, t)],
+                    Family::Post => vec![mhc_wgsl::post(n, d, false, t), mhc_wgsl::post(n, d, true, t)],
                     Family::Sinkhorn => vec![mhc_wgsl::sinkhorn(n)],
                     Family::Bench => vec![mhc_wgsl::bench()],
                     Family::Optim => vec![mhc_wgsl::optim()],

@@ -103,7 +103,7 @@ fn run(
     rows: &[(u32, &GpuTensor, &str)],
     groups: impl Fn(usize, usize, usize) -> usize,
 ) -> Result<()> {
-    let spec = mhc_wgsl::post(to_u32(dims.n, "n")?, to_u32(dims.d, "D")?, ctx.target());
+    let spec = mhc_wgsl::post(to_u32(dims.n, "n")?, to_u32(dims.d, "D")?, entry == "backward", ctx.target());
     let wg = spec.get("WG").expect("post spec sets WG") as usize;
     let tb = spec.get("TB").expect("post spec sets TB") as usize;
     let pipeline = ctx.pipeline(Family::Post, entry, &spec)?;
