@@ -1,7 +1,7 @@
 // ---- pre_backward.wgsl: mhc_pre backward (SPEC.md section 2) in three entry points ----
 // Needs: N, D, K = N * D, M, NN, TB tokens a `rows` workgroup, WG, NV = TB * N, SG_MIN, CHT
-// tokens staged at a time by `cols`, TV = (M + 4) / 4; flags VEC4 (D % 8 == 0), PAIR (D % 2 == 0), HAS_GAMMA,
-// SUBGROUP.
+// tokens staged at a time by `cols`, TV = (M + 4) / 4; flags VEC4 (D % 8 == 0), PAIR
+// (D % 2 == 0), HAS_GAMMA, SUBGROUP.
 //
 // Passes over the large tensors: x and dh_in are each read twice, dx written once.
 //   rows   (pass 1) per token: dh_pre = <dh_in, x_i> reduced over D, then the token's scalars:

@@ -24,7 +24,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 50)]
     iters: usize,
     /// Untimed runs of each operator before its timed runs, for at least this many milliseconds
-    /// (and at least 3 runs).
+    /// (and at least 8 runs).
     #[arg(long, default_value_t = 1000)]
     warmup_ms: u64,
     /// Also write the results as JSON.
@@ -45,7 +45,7 @@ fn parse_shape(s: &str) -> Result<Dims, String> {
 
 const DEFAULT_SHAPES: [(usize, usize, usize); 4] =
     [(4096, 4, 2560), (8192, 4, 2560), (16384, 4, 4096), (8192, 4, 7168)];
-const WARMUP: usize = 3;
+/// Warm-up runs go in batches of this many between waits, so that the GPU stays busy.
 const WARMUP_BATCH: usize = 8;
 /// Inputs are rotated over copies holding at least this many bytes, so that no timed run
 /// finds its inputs in the GPU's cache from the run before.
@@ -60,19 +60,22 @@ struct Runs {
 }
 
 /// GPU seconds of each of `runs.iters` calls of `f(i)`, from timestamp queries or, without
-/// them, host time around a blocking submit. Before timing, `f` runs at least `WARMUP` times
-/// and, in batches that keep the GPU busy, for at least `runs.warmup`: on the H200's Vulkan
+/// them, host time around a blocking submit. Before timing, `f` runs in batches of
+/// `WARMUP_BATCH`, at least one, for at least `runs.warmup`: on the H200's Vulkan
 /// driver a new pipeline ran 2-5x slower for its first ~200 ms of GPU work, idle time not
 /// counting (docs/PERFORMANCE.md), which a program that runs its kernels for long never sees.
 fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result<()>) -> CliResult<Vec<f64>> {
     let start = Instant::now();
     let mut i = 0;
-    while i < WARMUP || start.elapsed() < runs.warmup {
+    loop {
         for _ in 0..WARMUP_BATCH {
             f(i)?;
             i += 1;
         }
         ctx.wait()?;
+        if start.elapsed() >= runs.warmup {
+            break;
+        }
     }
     if ctx.capabilities().timestamps {
         ctx.start_timing(runs.iters as u32)?;
