@@ -1,9 +1,8 @@
 // ---- post.wgsl: mhc_post forward and backward (SPEC.md section 4) ----
-// Needs: N, D, NN = N * N, WG, TB tokens a backward workgroup, NV = TB * (N + NN), SG_MIN;
-// flags VEC4 (D % 8 == 0) and SUBGROUP.
+// Needs: N, D, NN = N * N, WG, NV = N + NN, SG_MIN; flags VEC4 (D % 8 == 0) and SUBGROUP.
 // Forward: one invocation per (token, 8 columns), all N output rows: x, residual and out each
-// cross memory once. Backward: one workgroup per TB tokens; dx and dresidual are written in
-// the same pass that accumulates dpost_layer_mix and dcomb_res_mix, reduced by block_reduce.
+// cross memory once. Backward: one workgroup per token; dx and dresidual are written in the
+// same pass that accumulates dpost_layer_mix and dcomb_res_mix, reduced by block_reduce.
 
 struct Params {
     t: u32,
@@ -30,17 +29,13 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> dplm: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dcomb: array<f32>;
 
-// Writes the workgroup's reduced sums: dpost_layer_mix and dcomb_res_mix of its tokens.
-fn store_token_sums(lid: u32, tok0: u32) {
-    for (var e = lid; e < TB * (N + NN); e += WG) {
-        let tok = tok0 + e / (N + NN);
-        let r = e % (N + NN);
-        if (tok < params.t) {
-            if (r < N) {
-                dplm[tok * N + r] = red_total[e];
-            } else {
-                dcomb[tok * NN + r - N] = red_total[e];
-            }
+// Writes the workgroup's reduced sums: dpost_layer_mix and dcomb_res_mix of its token.
+fn store_token_sums(lid: u32, tok: u32) {
+    for (var r = lid; r < NV; r += WG) {
+        if (r < N) {
+            dplm[tok * N + r] = red_total[r];
+        } else {
+            dcomb[tok * NN + r - N] = red_total[r];
         }
     }
 }
@@ -81,52 +76,47 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 
 @compute @workgroup_size(WG)
 fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let tok0 = group_index(wid, nwg) * TB;
-    if (tok0 >= params.t) {
+    let tok = group_index(wid, nwg);
+    if (tok >= params.t) {
         return;
     }
-    // acc[b * (N + NN) + i]: dplm of row i; acc[b * (N + NN) + N + j * N + i]: dcomb[j, i].
+    // acc[i]: dplm of row i; acc[N + j * N + i]: dcomb[j, i].
     var acc: array<f32, NV>;
-#unroll b TB
-    if (tok0 + {b} < params.t) {
-        let tok = tok0 + {b};
-        for (var w = lane.lid; w < W; w += WG) {
-            var glo: array<vec4<f32>, N>;
-            var ghi: array<vec4<f32>, N>;
+    for (var w = lane.lid; w < W; w += WG) {
+        var glo: array<vec4<f32>, N>;
+        var ghi: array<vec4<f32>, N>;
 #unroll i N
-            {
-                let q = d_out[(tok * N + {i}) * W + w];
-                glo[{i}] = lo4(q);
-                ghi[{i}] = hi4(q);
-            }
-#endunroll
-            let xq = x[tok * W + w];
-            var dlo = vec4<f32>(0.0);
-            var dhi = vec4<f32>(0.0);
-#unroll i N
-            dlo += plm[tok * N + {i}] * glo[{i}];
-            dhi += plm[tok * N + {i}] * ghi[{i}];
-            acc[{b} * (N + NN) + {i}] += dot(glo[{i}], lo4(xq)) + dot(ghi[{i}], hi4(xq));
-#endunroll
-            dx[tok * W + w] = pack4(dlo, dhi);
-#unroll j N
-            {
-                let rq = residual[(tok * N + {j}) * W + w];
-                var rl = vec4<f32>(0.0);
-                var rh = vec4<f32>(0.0);
-#unroll i N
-                rl += comb[tok * NN + {j} * N + {i}] * glo[{i}];
-                rh += comb[tok * NN + {j} * N + {i}] * ghi[{i}];
-                acc[{b} * (N + NN) + N + {j} * N + {i}] += dot(glo[{i}], lo4(rq)) + dot(ghi[{i}], hi4(rq));
-#endunroll
-                dresidual[(tok * N + {j}) * W + w] = pack4(rl, rh);
-            }
-#endunroll
+        {
+            let q = d_out[(tok * N + {i}) * W + w];
+            glo[{i}] = lo4(q);
+            ghi[{i}] = hi4(q);
         }
-    }
 #endunroll
+        let xq = x[tok * W + w];
+        var dlo = vec4<f32>(0.0);
+        var dhi = vec4<f32>(0.0);
+#unroll i N
+        dlo += plm[tok * N + {i}] * glo[{i}];
+        dhi += plm[tok * N + {i}] * ghi[{i}];
+        acc[{i}] += dot(glo[{i}], lo4(xq)) + dot(ghi[{i}], hi4(xq));
+#endunroll
+        dx[tok * W + w] = pack4(dlo, dhi);
+#unroll j N
+        {
+            let rq = residual[(tok * N + {j}) * W + w];
+            var rl = vec4<f32>(0.0);
+            var rh = vec4<f32>(0.0);
+#unroll i N
+            rl += comb[tok * NN + {j} * N + {i}] * glo[{i}];
+            rh += comb[tok * NN + {j} * N + {i}] * ghi[{i}];
+            acc[N + {j} * N + {i}] += dot(glo[{i}], lo4(rq)) + dot(ghi[{i}], hi4(rq));
+#endunroll
+            dresidual[(tok * N + {j}) * W + w] = pack4(rl, rh);
+        }
+#endunroll
+    }
     block_reduce(lane, &acc);
-    store_token_sums(lane.lid, tok0);
+    store_token_sums(lane.lid, tok);
 }
 #else
 @compute @workgroup_size(WG)
@@ -152,48 +142,43 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 
 @compute @workgroup_size(WG)
 fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let tok0 = group_index(wid, nwg) * TB;
-    if (tok0 >= params.t) {
+    let tok = group_index(wid, nwg);
+    if (tok >= params.t) {
         return;
     }
     var acc: array<f32, NV>;
-#unroll b TB
-    if (tok0 + {b} < params.t) {
-        let tok = tok0 + {b};
-        for (var d = lane.lid; d < D; d += WG) {
-            var g: array<f32, N>;
+    for (var d = lane.lid; d < D; d += WG) {
+        var g: array<f32, N>;
 #unroll i N
-            {
-                let o = (tok * N + {i}) * D + d;
-                g[{i}] = bf16_at(d_out[o >> 1u], o);
-            }
-#endunroll
-            let xe = tok * D + d;
-            let xv = bf16_at(x[xe >> 1u], xe);
-            var s = 0.0;
-#unroll i N
-            s += plm[tok * N + {i}] * g[{i}];
-            acc[{b} * (N + NN) + {i}] += g[{i}] * xv;
-#endunroll
-            atomicAnd(&dx[xe >> 1u], half_keep(xe));
-            atomicOr(&dx[xe >> 1u], half_bits(xe, s));
-#unroll j N
-            {
-                let r = (tok * N + {j}) * D + d;
-                let rv = bf16_at(residual[r >> 1u], r);
-                var sr = 0.0;
-#unroll i N
-                sr += comb[tok * NN + {j} * N + {i}] * g[{i}];
-                acc[{b} * (N + NN) + N + {j} * N + {i}] += g[{i}] * rv;
-#endunroll
-                atomicAnd(&dresidual[r >> 1u], half_keep(r));
-                atomicOr(&dresidual[r >> 1u], half_bits(r, sr));
-            }
-#endunroll
+        {
+            let o = (tok * N + {i}) * D + d;
+            g[{i}] = bf16_at(d_out[o >> 1u], o);
         }
-    }
 #endunroll
+        let xe = tok * D + d;
+        let xv = bf16_at(x[xe >> 1u], xe);
+        var s = 0.0;
+#unroll i N
+        s += plm[tok * N + {i}] * g[{i}];
+        acc[{i}] += g[{i}] * xv;
+#endunroll
+        atomicAnd(&dx[xe >> 1u], half_keep(xe));
+        atomicOr(&dx[xe >> 1u], half_bits(xe, s));
+#unroll j N
+        {
+            let r = (tok * N + {j}) * D + d;
+            let rv = bf16_at(residual[r >> 1u], r);
+            var sr = 0.0;
+#unroll i N
+            sr += comb[tok * NN + {j} * N + {i}] * g[{i}];
+            acc[N + {j} * N + {i}] += g[{i}] * rv;
+#endunroll
+            atomicAnd(&dresidual[r >> 1u], half_keep(r));
+            atomicOr(&dresidual[r >> 1u], half_bits(r, sr));
+        }
+#endunroll
+    }
     block_reduce(lane, &acc);
-    store_token_sums(lane.lid, tok0);
+    store_token_sums(lane.lid, tok);
 }
 #endif

@@ -158,7 +158,7 @@ fn post_backward_matches_golden_over_shapes() {
     run_post_backward(ctx_portable(), 7, 4, 24, false);
 }
 
-/// 530,000 tokens at 8 a workgroup need 66,250 workgroups.
+/// 530,000 tokens at one a workgroup need 530,000 workgroups: more than one grid dimension.
 #[test]
 fn post_backward_beyond_one_dispatch_dimension() {
     run_post_backward(ctx(), 530_000, 1, 1, false);

@@ -32,7 +32,7 @@ pub fn post_forward_into(ctx: &Context, inp: &PostForwardInputs<'_, GpuTensor>, 
     ];
     // Invocations per token: one per 8 columns on the vector path, one per column otherwise.
     let per_token = if dims.d % 8 == 0 { dims.d / 8 } else { dims.d };
-    run(ctx, &dims, "forward", &rows, |tokens, wg, _| (tokens * per_token).div_ceil(wg))
+    run(ctx, &dims, "forward", &rows, |tokens, wg| (tokens * per_token).div_ceil(wg))
 }
 
 /// Gradients of mhc_post: dx `[..., D]`, dresidual `[..., n, D]` (bf16), dpost_layer_mix
@@ -92,25 +92,25 @@ pub fn post_backward_into(
         (9, &out.dpost_layer_mix, "dpost_layer_mix"),
         (10, &out.dcomb_res_mix, "dcomb_res_mix"),
     ];
-    run(ctx, &dims, "backward", &rows, |tokens, _, tb| tokens.div_ceil(tb))
+    // One workgroup a token.
+    run(ctx, &dims, "backward", &rows, |tokens, _| tokens)
 }
 
-/// Dispatches `entry` over token chunks; `groups(tokens, WG, TB)` sizes each chunk's grid.
+/// Dispatches `entry` over token chunks; `groups(tokens, WG)` sizes each chunk's grid.
 fn run(
     ctx: &Context,
     dims: &Dims,
     entry: &'static str,
     rows: &[(u32, &GpuTensor, &str)],
-    groups: impl Fn(usize, usize, usize) -> usize,
+    groups: impl Fn(usize, usize) -> usize,
 ) -> Result<()> {
     let spec = mhc_wgsl::post(to_u32(dims.n, "n")?, to_u32(dims.d, "D")?, entry == "backward", ctx.target());
     let wg = spec.get("WG").expect("post spec sets WG") as usize;
-    let tb = spec.get("TB").expect("post spec sets TB") as usize;
     let pipeline = ctx.pipeline(Family::Post, entry, &spec)?;
     let chunks = ctx.chunks_for(dims.t, rows)?;
     let params =
         |_: usize, r: &std::ops::Range<usize>| Ok(ctx.uniform(&Params { t: to_u32(r.len(), "tokens")?, _pad: [0; 3] }));
     ctx.submit(&format!("mhc_post {entry}"), |pass| {
-        ctx.record_chunks(pass, &pipeline, &chunks, rows, &[], params, |r| groups(r.len(), wg, tb))
+        ctx.record_chunks(pass, &pipeline, &chunks, rows, &[], params, |r| groups(r.len(), wg))
     })
 }
