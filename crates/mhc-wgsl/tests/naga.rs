@@ -69,3 +69,21 @@ fn every_kernel_builds_for_every_backend() {
         }
     }
 }
+
+/// The cooperative-matrix probe of `examples/coop_probe.rs` (not a kernel family): it must
+/// still parse, validate and translate to SPIR-V, the one backend it is run on.
+#[test]
+fn coop_probe_builds_for_vulkan() {
+    let src = include_str!("../../../shaders/coop_probe.wgsl")
+        .replace("KVAL", "10240u")
+        .replace("KSVAL", "8u")
+        .replace("TVAL", "4096u");
+    let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{}", e.emit_to_string(&src)));
+    let caps = Capabilities::SUBGROUP | Capabilities::SHADER_FLOAT16 | Capabilities::COOPERATIVE_MATRIX;
+    let info = Validator::new(ValidationFlags::all(), caps)
+        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&src)));
+    spv::write_vec(&module, &info, &spv::Options::default(), None).unwrap_or_else(|e| panic!("SPIR-V: {e}"));
+}
