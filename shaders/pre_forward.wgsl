@@ -1,8 +1,10 @@
 // ---- pre_forward.wgsl: mhc_pre forward (SPEC.md section 1), fused ----
 // Needs: N, D, K = N * D, M = N * N + 2N, NN = N * N, WG invocations, SG_MIN, NV; flags VEC4
 // (D % 8 == 0), SINKHORN (h_res is the Sinkhorn projection, the raw logits go to
-// h_res_logits), SUBGROUP. The VEC4 path also needs TB (tokens a row of invocations) and TPL
-// (tokens an invocation); the scalar path TB tokens a workgroup and NV = TB * (M + 1).
+// h_res_logits), SUBGROUP, COOP (VEC4 only: the sums come from pre_forward_coop.wgsl's
+// partials over CS splits, PW floats a token). The VEC4 path also needs TB (tokens a row of
+// invocations) and TPL (tokens an invocation); the scalar path TB tokens a workgroup and
+// NV = TB * (M + 1).
 //
 // gamma is folded into phi beforehand (`fold_gamma`), so the projection reads one matrix.
 // Pass 1 reads x once: the RMS and the M dot products with phi. The gates follow, one
@@ -42,6 +44,10 @@ struct Params {
 @group(0) @binding(13) var<storage, read> phi_src: array<f32>;
 @group(0) @binding(14) var<storage, read> gamma: array<f32>;
 @group(0) @binding(15) var<storage, read_write> phi_g: array<f32>;
+#if COOP
+@group(0) @binding(16) var<storage, read> part: array<f32>;
+@group(0) @binding(17) var<storage, read> unscale: array<f32>;
+#endif
 
 @compute @workgroup_size(WG)
 fn fold_gamma(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -136,6 +142,52 @@ fn projections(lane: Lane, tok0: u32) {
 fn sum_at(b: u32, m: u32) -> f32 {
     return sums[b * (M + 1u) + m];
 }
+
+#if COOP
+var<workgroup> inexact: atomic<u32>;
+var<workgroup> redo: u32;
+
+// The tile's sums from the cooperative-matrix partials, added in a fixed order. A token
+// whose max |x| lies outside [2^-4, 65504] (where the f16 conversion may lose or overflow) or
+// whose sums are not finite sends the whole tile through the exact f32 projection.
+fn coop_sums(lane: Lane, tok0: u32) {
+    for (var e = lane.lid; e < TW * (M + 1u); e += WG) {
+        let b = e / (M + 1u);
+        let m = e % (M + 1u);
+        let tok = tok0 + b;
+        if (tok < params.t) {
+            let base = tok * PW;
+            var s = 0.0;
+            var bad = false;
+            if (m < M) {
+                for (var k = 0u; k < CS; k++) {
+                    s += part[base + k * 32u + m];
+                }
+                s *= unscale[m];
+            } else {
+                var top = 0.0;
+                for (var k = 0u; k < CS; k++) {
+                    s += part[base + CS * 32u + k];
+                    top = max(top, part[base + CS * 33u + k]);
+                }
+                bad = !(top >= 0.0625 && top <= 65504.0);
+            }
+            // Infinity or NaN: all exponent bits set.
+            if (bad || (bitcast<u32>(s) & 0x7f800000u) == 0x7f800000u) {
+                atomicOr(&inexact, 1u);
+            }
+            sums[b * (M + 1u) + m] = s;
+        }
+    }
+    workgroupBarrier();
+    if (lane.lid == 0u) {
+        redo = atomicLoad(&inexact);
+    }
+    if (workgroupUniformLoad(&redo) != 0u) {
+        projections(lane, tok0);
+    }
+}
+#endif
 #else
 fn projections(lane: Lane, tok0: u32) {
     var acc: array<f32, NV>;
@@ -175,7 +227,11 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         return;
     }
     let lid = lane.lid;
+#if COOP
+    coop_sums(lane, tok0);
+#else
     projections(lane, tok0);
+#endif
 
     // Gates, one invocation per (token, output).
     for (var e = lid; e < TW * M; e += WG) {

@@ -3,52 +3,16 @@
 mod common;
 
 use common::*;
-use mhc::core::golden::{post_forward_f64, pre_forward_f64, sinkhorn_forward_f64};
+use mhc::core::golden::post_forward_f64;
 use mhc::core::random::{PostInputs, PreInputs, TensorRng, seed_from_env};
-use mhc::core::{DType, Dims, Error, HostTensor, PostForwardInputs, PreForwardInputs, PreParams, SinkhornParams};
+use mhc::core::{DType, Dims, Error, PostForwardInputs, PreForwardInputs, PreParams, SinkhornParams};
 use mhc::runtime::{Context, ContextOptions, GpuTensor, Tile, ops};
 
 fn run_pre_forward(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool, sinkhorn: Option<SinkhornParams>) {
     let seed = seed_from_env();
     let dims = Dims::new(t, n, d).unwrap();
-    let p = PreParams { post_mult: 1.7, ..Default::default() };
     let host = PreInputs::random(&mut TensorRng::new(seed), &dims, gamma);
-    let (x, phi, alpha, bias) =
-        (up(ctx, "x", &host.x), up(ctx, "phi", &host.phi), up(ctx, "alpha", &host.alpha), up(ctx, "bias", &host.bias));
-    let g = host.gamma.as_ref().map(|g| up(ctx, "gamma", g));
-    let inputs = PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: g.as_ref() };
-    let out = ops::PreForwardOutputs::zeros(ctx, &dims, sinkhorn.is_some()).unwrap();
-    let mut all = vec![&out.h_in, &out.h_post, &out.h_res, &out.inv_rms, &out.h_mix, &out.h_pre];
-    all.extend(out.h_res_logits.as_ref());
-    poison(ctx, &all);
-    ops::pre_forward_into(ctx, &inputs, &out, &p, sinkhorn.as_ref()).unwrap();
-
-    let gf = host.gamma.as_ref().map(HostTensor::to_f64);
-    let r = pre_forward_f64(
-        &dims,
-        &host.x.to_f64(),
-        &host.phi.to_f64(),
-        &host.alpha.to_f64(),
-        &host.bias.to_f64(),
-        gf.as_deref(),
-        &p,
-    );
-    let what = format!("pre_forward T={t} n={n} D={d} gamma={gamma}");
-    check(ctx, &format!("{what} h_in"), &out.h_in, &r.h_in, None, seed);
-    check(ctx, &format!("{what} h_post"), &out.h_post, &r.h_post, None, seed);
-    check(ctx, &format!("{what} inv_rms"), &out.inv_rms, &r.inv_rms, None, seed);
-    check(ctx, &format!("{what} h_mix"), &out.h_mix, &r.h_mix, None, seed);
-    check(ctx, &format!("{what} h_pre"), &out.h_pre, &r.h_pre, None, seed);
-    match sinkhorn {
-        None => check(ctx, &format!("{what} h_res"), &out.h_res, &r.h_res, None, seed),
-        Some(sp) => {
-            let logits = out.h_res_logits.as_ref().unwrap();
-            check(ctx, &format!("{what} h_res_logits"), logits, &r.h_res, None, seed);
-            // The projection of the reference logits.
-            let proj = sinkhorn_forward_f64(n, &r.h_res, &sp);
-            check(ctx, &format!("{what} fused sinkhorn h_res"), &out.h_res, &proj, None, seed);
-        }
-    }
+    check_pre_forward(ctx, &dims, &host, sinkhorn, seed);
 }
 
 #[test]

@@ -233,6 +233,10 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
     };
     println!("device: {} ({:?}), driver {} {}", info.name, info.backend, info.driver, info.driver_info);
     println!("timing: {timing}, median of {} runs after a warm-up of {} ms", a.iters, a.warmup_ms);
+    let coop = ctx.capabilities().cooperative_matrix;
+    if coop {
+        println!("mhc_pre forward's projection on f16 cooperative matrices (MHC_COOP=1)");
+    }
     let runs = Runs { iters: a.iters, warmup: Duration::from_millis(a.warmup_ms) };
     let opts = a.opts.options();
     let ops: Vec<Op> = if a.ops.is_empty() { Op::ALL.to_vec() } else { a.ops.clone() };
@@ -309,7 +313,7 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
     if let Some(path) = &a.json {
         let doc = json!({
             "device": info.name, "backend": format!("{:?}", info.backend), "driver": format!("{} {}", info.driver, info.driver_info),
-            "timing": timing, "iters": a.iters, "warmup_ms": a.warmup_ms,
+            "timing": timing, "iters": a.iters, "warmup_ms": a.warmup_ms, "cooperative_matrix": coop,
             "copy_bytes_per_s": ceil.bytes_per_s, "fma_flops_per_s": ceil.flops_per_s,
             "rows": rows,
         });

@@ -19,6 +19,14 @@ pub fn info() -> CliResult<ExitCode> {
     );
     println!("  timestamp queries: {}", if c.timestamps { "yes" } else { "no (bench falls back to host timing)" });
     println!("  shader f16: {}", if c.f16 { "yes" } else { "no" });
+    println!(
+        "  cooperative matrices for mhc_pre forward: {}",
+        if c.cooperative_matrix {
+            "on (MHC_COOP=1)"
+        } else {
+            "off (MHC_COOP=1 turns them on where the adapter has them)"
+        }
+    );
     println!("  max storage binding: {} bytes (larger tensors are split over tokens)", ctx.max_binding_size());
     println!("  max buffer: {} bytes", l.max_buffer_size);
     println!("  workgroup storage: {} bytes", l.max_compute_workgroup_storage_size);

@@ -4,8 +4,10 @@
 use std::sync::OnceLock;
 
 use mhc::core::accuracy::{Tolerance, compare};
-use mhc::core::{DType, HostTensor, TensorMeta};
-use mhc::runtime::{Context, ContextOptions, GpuTensor};
+use mhc::core::golden::{pre_forward_f64, sinkhorn_forward_f64};
+use mhc::core::random::PreInputs;
+use mhc::core::{DType, Dims, HostTensor, PreForwardInputs, PreParams, SinkhornParams, TensorMeta};
+use mhc::runtime::{Context, ContextOptions, GpuTensor, ops};
 
 /// The default adapter, shared by all tests of a binary (lavapipe in CI).
 pub fn ctx() -> &'static Context {
@@ -74,4 +76,48 @@ pub fn same_bits(ctx: &Context, name: &str, a: &GpuTensor, b: &GpuTensor) {
 pub fn f32_of(t: &HostTensor) -> Vec<f64> {
     assert_eq!(t.dtype(), DType::F32);
     t.to_f64()
+}
+
+/// Runs mhc_pre forward on `host` (outputs poisoned first) and checks every output against
+/// the golden math.
+pub fn check_pre_forward(ctx: &Context, dims: &Dims, host: &PreInputs, sinkhorn: Option<SinkhornParams>, seed: u64) {
+    let (t, n, d) = (dims.t, dims.n, dims.d);
+    let p = PreParams { post_mult: 1.7, ..Default::default() };
+    let (x, phi, alpha, bias) =
+        (up(ctx, "x", &host.x), up(ctx, "phi", &host.phi), up(ctx, "alpha", &host.alpha), up(ctx, "bias", &host.bias));
+    let g = host.gamma.as_ref().map(|g| up(ctx, "gamma", g));
+    let gamma = g.is_some();
+    let inputs = PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: g.as_ref() };
+    let out = ops::PreForwardOutputs::zeros(ctx, dims, sinkhorn.is_some()).unwrap();
+    let mut all = vec![&out.h_in, &out.h_post, &out.h_res, &out.inv_rms, &out.h_mix, &out.h_pre];
+    all.extend(out.h_res_logits.as_ref());
+    poison(ctx, &all);
+    ops::pre_forward_into(ctx, &inputs, &out, &p, sinkhorn.as_ref()).unwrap();
+
+    let gf = host.gamma.as_ref().map(HostTensor::to_f64);
+    let r = pre_forward_f64(
+        dims,
+        &host.x.to_f64(),
+        &host.phi.to_f64(),
+        &host.alpha.to_f64(),
+        &host.bias.to_f64(),
+        gf.as_deref(),
+        &p,
+    );
+    let what = format!("pre_forward T={t} n={n} D={d} gamma={gamma}");
+    check(ctx, &format!("{what} h_in"), &out.h_in, &r.h_in, None, seed);
+    check(ctx, &format!("{what} h_post"), &out.h_post, &r.h_post, None, seed);
+    check(ctx, &format!("{what} inv_rms"), &out.inv_rms, &r.inv_rms, None, seed);
+    check(ctx, &format!("{what} h_mix"), &out.h_mix, &r.h_mix, None, seed);
+    check(ctx, &format!("{what} h_pre"), &out.h_pre, &r.h_pre, None, seed);
+    match sinkhorn {
+        None => check(ctx, &format!("{what} h_res"), &out.h_res, &r.h_res, None, seed),
+        Some(sp) => {
+            let logits = out.h_res_logits.as_ref().unwrap();
+            check(ctx, &format!("{what} h_res_logits"), logits, &r.h_res, None, seed);
+            // The projection of the reference logits.
+            let proj = sinkhorn_forward_f64(n, &r.h_res, &sp);
+            check(ctx, &format!("{what} fused sinkhorn h_res"), &out.h_res, &proj, None, seed);
+        }
+    }
 }

@@ -22,6 +22,14 @@ pub struct ContextOptions {
     /// The token layout of mhc_pre forward's vector path, for tuning on a new GPU; by default
     /// chosen from the token count. `Context::new` reads `MHC_PRE_TILE=tb,tpl`.
     pub pre_forward_tile: Option<Tile>,
+    /// Run mhc_pre forward's projection on f16 cooperative matrices (tensor cores) where the
+    /// shape allows (K a multiple of 32, M at most 32, D a multiple of 8): faster, with the
+    /// accuracy docs/PERFORMANCE.md states (inside SPEC.md's tolerances; not bit-identical
+    /// to the exact f32 path, which stays the default). Needs wgpu's experimental cooperative
+    /// matrices with the f16 16x16x16 configuration and f32 accumulators, and subgroups of
+    /// exactly 32; creating the context fails where they are missing. `Context::new` reads
+    /// `MHC_COOP=1`.
+    pub cooperative_matrix: bool,
 }
 
 impl Default for ContextOptions {
@@ -32,6 +40,7 @@ impl Default for ContextOptions {
             max_binding_size: None,
             max_workgroups_per_dimension: None,
             pre_forward_tile: None,
+            cooperative_matrix: false,
         }
     }
 }
@@ -44,6 +53,9 @@ pub struct Capabilities {
     pub subgroup_max_size: u32,
     pub timestamps: bool,
     pub f16: bool,
+    /// mhc_pre forward's projection runs on cooperative matrices (see
+    /// [`ContextOptions::cooperative_matrix`]).
+    pub cooperative_matrix: bool,
 }
 
 /// A wgpu device and queue with mhc's pipeline cache. Cheap to share by reference; every
@@ -67,6 +79,35 @@ const WANTED: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::SHADER_F16);
 
+/// What the cooperative-matrix path of mhc_pre forward needs from the device.
+const COOP: wgpu::Features =
+    wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX.union(wgpu::Features::SHADER_F16).union(wgpu::Features::SUBGROUP);
+
+/// An error naming what the adapter lacks for the cooperative-matrix path (the subgroup size
+/// is checked in `from_device`, which also serves devices mhc did not create).
+fn check_coop_adapter(adapter: &wgpu::Adapter) -> Result<()> {
+    let info = adapter.get_info();
+    let missing = COOP - adapter.features();
+    if !missing.is_empty() {
+        return Err(Error::gpu(
+            "cooperative matrices",
+            format!("{} ({:?}) lacks {missing:?}", info.name, info.backend),
+        ));
+    }
+    let has_config = adapter.cooperative_matrix_properties().iter().any(|p| {
+        (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+            && p.ab_type == wgpu::CooperativeScalarType::F16
+            && p.cr_type == wgpu::CooperativeScalarType::F32
+    });
+    if !has_config {
+        return Err(Error::gpu(
+            "cooperative matrices",
+            format!("{} reports no 16x16x16 configuration with f16 inputs and f32 accumulators", info.name),
+        ));
+    }
+    Ok(())
+}
+
 /// Storage buffers one kernel binds at most (mhc_pre backward's `cols` and `finish`).
 const STORAGE_BUFFERS_NEEDED: u32 = 10;
 
@@ -84,7 +125,11 @@ impl Context {
     /// The default adapter: `WGPU_ADAPTER_NAME` (a substring of the name) when set, else the
     /// high-performance one; `WGPU_BACKEND` limits the backends searched.
     pub fn new() -> Result<Self> {
-        Self::with_options(ContextOptions { pre_forward_tile: tile_from_env()?, ..Default::default() })
+        Self::with_options(ContextOptions {
+            pre_forward_tile: tile_from_env()?,
+            cooperative_matrix: coop_from_env()?,
+            ..Default::default()
+        })
     }
 
     pub fn with_options(opts: ContextOptions) -> Result<Self> {
@@ -106,11 +151,23 @@ impl Context {
                 Error::gpu("adapter", format!("{e} (no GPU or Vulkan/Metal/DX12 driver found; on Linux without a GPU install lavapipe: apt-get install mesa-vulkan-drivers)"))
             })?,
         };
-        let features = adapter.features() & WANTED;
+        let mut features = adapter.features() & WANTED;
+        if opts.cooperative_matrix {
+            check_coop_adapter(&adapter)?;
+            features |= COOP;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("mhc"),
             required_features: features,
             required_limits: adapter.limits(),
+            // SAFETY: wgpu's experimental features (here only cooperative matrices, and only
+            // when asked for) are not yet validated as thoroughly as the rest of its API; mhc
+            // checks the adapter's configurations and subgroup size before using them.
+            experimental_features: if opts.cooperative_matrix {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             ..Default::default()
         }))
         .map_err(|e| Error::gpu("device request", e))?;
@@ -136,12 +193,25 @@ impl Context {
             ));
         }
         let f = device.features();
+        if opts.cooperative_matrix && !f.contains(COOP) {
+            return Err(Error::gpu("cooperative matrices", format!("the device was created without {:?}", COOP - f)));
+        }
+        if opts.cooperative_matrix && (info.subgroup_min_size != 32 || info.subgroup_max_size != 32) {
+            return Err(Error::gpu(
+                "cooperative matrices",
+                format!(
+                    "mhc's cooperative-matrix kernel needs subgroups of exactly 32; {} has {}..={}",
+                    info.name, info.subgroup_min_size, info.subgroup_max_size
+                ),
+            ));
+        }
         let caps = Capabilities {
             subgroups: opts.use_subgroups && f.contains(wgpu::Features::SUBGROUP),
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
             timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
             f16: f.contains(wgpu::Features::SHADER_F16),
+            cooperative_matrix: opts.cooperative_matrix,
         };
         let lost = Arc::new(Mutex::new(None));
         let sink = lost.clone();
@@ -234,6 +304,15 @@ impl Context {
     pub fn wait(&self) -> Result<()> {
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::gpu("wait", e))?;
         self.check_lost()
+    }
+}
+
+/// `MHC_COOP=1` (or 0): [`ContextOptions::cooperative_matrix`].
+fn coop_from_env() -> Result<bool> {
+    match std::env::var("MHC_COOP").as_deref() {
+        Err(_) | Ok("0") | Ok("") => Ok(false),
+        Ok("1") => Ok(true),
+        Ok(v) => Err(Error::param("MHC_COOP", format!("expected 0 or 1, got {v:?}"))),
     }
 }
 

@@ -60,9 +60,16 @@ impl Tile {
     }
 }
 
-/// mhc_pre forward: the whole layer for a tile of tokens in one workgroup.
-pub fn pre_forward(n: u32, d: u32, sinkhorn: bool, target: Target, tile: Tile) -> Spec {
-    let spec = base(n, d, 256, target).flag("SINKHORN", sinkhorn);
+/// mhc_pre forward: the whole layer for a tile of tokens in one workgroup. With `coop_splits`
+/// (vector path only) the projection's sums come from [`pre_forward_coop`]'s partials over
+/// that many splits of K.
+pub fn pre_forward(n: u32, d: u32, sinkhorn: bool, target: Target, tile: Tile, coop_splits: Option<u32>) -> Spec {
+    let coop_splits = coop_splits.filter(|_| d.is_multiple_of(8));
+    let spec = base(n, d, 256, target)
+        .flag("SINKHORN", sinkhorn)
+        .flag("COOP", coop_splits.is_some())
+        .with("CS", coop_splits.unwrap_or(1))
+        .with("PW", coop_splits.unwrap_or(1) * COOP_PART_PER_SPLIT);
     if d.is_multiple_of(8) {
         // block_reduce is not used on this path; NV only sizes its (unused) arrays.
         spec.with("TB", tile.tb).with("TPL", tile.tpl).with("NV", m_of(n) + 1)
@@ -70,6 +77,70 @@ pub fn pre_forward(n: u32, d: u32, sinkhorn: bool, target: Target, tile: Tile) -
         let tb = tokens_per_group(m_of(n) + 1, 100);
         spec.with("TB", tb).with("NV", tb * (m_of(n) + 1))
     }
+}
+
+/// Floats a token of the cooperative-matrix partials takes per split of K: 32 sums, the sum
+/// of squares, max |x|.
+const COOP_PART_PER_SPLIT: u32 = 34;
+
+/// How mhc_pre forward's cooperative-matrix projection lays out its work: `subgroups`
+/// subgroups of 32 a workgroup (16 tokens each), `chunk` columns of K a step, `splits`
+/// splits of K.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CoopTile {
+    pub splits: u32,
+    pub subgroups: u32,
+    pub chunk: u32,
+}
+
+impl CoopTile {
+    /// Tokens a workgroup takes.
+    pub fn tokens(&self) -> u32 {
+        16 * self.subgroups
+    }
+
+    /// The layout for `tokens` tokens, or `None` where the shape does not fit the path (M
+    /// above 32, D not a multiple of 8, K not a multiple of the chunk). 8 subgroups and
+    /// 32-column chunks timed best on an H200 (4 subgroups, or 64-column chunks, were 1.2-1.3x
+    /// slower). Splits are added until there are about 4 workgroups for each of 132
+    /// multiprocessors (an H200).
+    pub fn for_shape(n: u32, d: u32, tokens: usize) -> Option<CoopTile> {
+        let (subgroups, chunk) = (8, 32);
+        let k = n * d;
+        if m_of(n) > 32 || !d.is_multiple_of(8) || !k.is_multiple_of(chunk) {
+            return None;
+        }
+        let groups = tokens.div_ceil(16 * subgroups as usize).max(1);
+        let chunks = k / chunk;
+        let mut splits = 1;
+        for s in 1..=16 {
+            if chunks.is_multiple_of(s) {
+                splits = s;
+                if groups * s as usize >= 512 {
+                    break;
+                }
+            }
+        }
+        Some(CoopTile { splits, subgroups, chunk })
+    }
+}
+
+/// mhc_pre forward's cooperative-matrix kernels (`phi_top`, `split_phi`, `project`).
+pub fn pre_forward_coop(n: u32, d: u32, tile: CoopTile) -> Spec {
+    // Chunks in flight: 4 where they divide a split's chunks (1 was 5-30% slower on an H200).
+    let chunks = n * d / tile.chunk / tile.splits;
+    let pf = [4, 2, 1].into_iter().find(|p| chunks.is_multiple_of(*p)).unwrap_or(1);
+    let wg = 32 * tile.subgroups;
+    Spec::new()
+        .with("K", n * d)
+        .with("M", m_of(n))
+        .with("KS", tile.splits)
+        .with("S", tile.subgroups)
+        .with("KC", tile.chunk)
+        .with("KSTEPS", tile.chunk / 16)
+        .with("PF", pf)
+        .with("XL", 16 * tile.subgroups * tile.chunk / 2 / wg)
+        .with("PL", 64 * tile.chunk / wg)
 }
 
 /// mhc_pre backward: `rows`, `cols` and the two `finish` entry points share this spec.

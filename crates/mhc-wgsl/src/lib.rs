@@ -9,7 +9,7 @@ mod kernels;
 mod preprocess;
 mod spec;
 
-pub use kernels::{Target, Tile, bench, optim, post, pre_backward, pre_forward, sinkhorn};
+pub use kernels::{CoopTile, Target, Tile, bench, optim, post, pre_backward, pre_forward, pre_forward_coop, sinkhorn};
 pub use preprocess::preprocess;
 pub use spec::Spec;
 
@@ -22,6 +22,8 @@ const SINKHORN_MATH: &str = include_str!("../../../shaders/sinkhorn_math.wgsl");
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
     PreForward,
+    /// mhc_pre forward's projection on f16 cooperative matrices (Vulkan; opt-in).
+    PreForwardCoop,
     PreBackward,
     Sinkhorn,
     Post,
@@ -30,12 +32,20 @@ pub enum Family {
 }
 
 impl Family {
-    pub const ALL: [Family; 6] =
-        [Family::PreForward, Family::PreBackward, Family::Sinkhorn, Family::Post, Family::Bench, Family::Optim];
+    pub const ALL: [Family; 7] = [
+        Family::PreForward,
+        Family::PreForwardCoop,
+        Family::PreBackward,
+        Family::Sinkhorn,
+        Family::Post,
+        Family::Bench,
+        Family::Optim,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Family::PreForward => "pre_forward",
+            Family::PreForwardCoop => "pre_forward_coop",
             Family::PreBackward => "pre_backward",
             Family::Sinkhorn => "sinkhorn",
             Family::Post => "post",
@@ -47,6 +57,7 @@ impl Family {
     fn body(self) -> &'static str {
         match self {
             Family::PreForward => include_str!("../../../shaders/pre_forward.wgsl"),
+            Family::PreForwardCoop => include_str!("../../../shaders/pre_forward_coop.wgsl"),
             Family::PreBackward => include_str!("../../../shaders/pre_backward.wgsl"),
             Family::Sinkhorn => include_str!("../../../shaders/sinkhorn.wgsl"),
             Family::Post => include_str!("../../../shaders/post.wgsl"),
@@ -70,6 +81,7 @@ impl Family {
     pub fn entry_points(self) -> &'static [&'static str] {
         match self {
             Family::PreForward => &["fold_gamma", "main"],
+            Family::PreForwardCoop => &["phi_top", "split_phi", "project"],
             Family::PreBackward => &["rows", "cols", "finish", "finish_small"],
             Family::Sinkhorn => &["forward", "backward"],
             Family::Post => &["forward", "backward"],
@@ -78,10 +90,19 @@ impl Family {
         }
     }
 
-    /// The specialised source: constants, shared helpers, then the family's file, with every
-    /// `#if` resolved against `spec`'s flags.
+    /// The WGSL extensions the family enables (they must precede every declaration).
+    pub fn extensions(self) -> &'static str {
+        match self {
+            Family::PreForwardCoop => "enable f16;\nenable wgpu_cooperative_matrix;\n",
+            _ => "",
+        }
+    }
+
+    /// The specialised source: extensions, constants, shared helpers, then the family's file,
+    /// with every `#if` resolved against `spec`'s flags.
     pub fn source(self, spec: &Spec) -> Result<String, String> {
-        let mut src = spec.const_decls();
+        let mut src = self.extensions().to_string();
+        src.push_str(&spec.const_decls());
         src.push_str(COMMON);
         if self.uses_reduce() {
             src.push_str(REDUCE);

@@ -1,5 +1,6 @@
 //! Every kernel, in every code path, must parse, validate and translate to SPIR-V (Vulkan),
-//! MSL (Metal) and HLSL (DX12): a shader that would not build on one backend fails here.
+//! MSL (Metal) and HLSL (DX12): a shader that would not build on one backend fails here. The
+//! cooperative-matrix family is built for SPIR-V only, the one backend it is enabled on.
 
 use mhc_wgsl::{Family, Spec, Target};
 use naga::back::{hlsl, msl, spv};
@@ -12,9 +13,19 @@ fn specs(family: Family) -> Vec<Spec> {
         for d in [1, 8, 130] {
             for t in targets {
                 out.extend(match family {
-                    Family::PreForward => [(false, 8, 1), (true, 32, 2), (true, 16, 1), (false, 8, 2)]
-                        .map(|(s, tb, tpl)| mhc_wgsl::pre_forward(n, d, s, t, mhc_wgsl::Tile { tb, tpl }))
-                        .to_vec(),
+                    Family::PreForward => {
+                        [(false, 8, 1, None), (true, 32, 2, None), (true, 16, 1, Some(4)), (false, 8, 2, Some(1))]
+                            .map(|(s, tb, tpl, coop)| {
+                                mhc_wgsl::pre_forward(n, d, s, t, mhc_wgsl::Tile { tb, tpl }, coop)
+                            })
+                            .to_vec()
+                    }
+                    Family::PreForwardCoop => [(n, d, 1), (n, d, 16384), (4, 2560, 4096), (4, 4096, 16384)]
+                        .into_iter()
+                        .filter_map(|(n, d, tokens)| {
+                            Some(mhc_wgsl::pre_forward_coop(n, d, mhc_wgsl::CoopTile::for_shape(n, d, tokens)?))
+                        })
+                        .collect(),
                     Family::PreBackward => [false, true].map(|g| mhc_wgsl::pre_backward(n, d, g, t)).to_vec(),
                     Family::Post => vec![mhc_wgsl::post(n, d, false, t), mhc_wgsl::post(n, d, true, t)],
                     Family::Sinkhorn => vec![mhc_wgsl::sinkhorn(n)],
@@ -32,7 +43,14 @@ fn check(family: Family, spec: &Spec) {
     let src = family.source(spec).unwrap_or_else(|e| panic!("{e}"));
     let module = naga::front::wgsl::parse_str(&src)
         .unwrap_or_else(|e| panic!("{} {spec:?}:\n{}", family.name(), e.emit_to_string(&src)));
-    let caps = if spec.flag_value("SUBGROUP") == Some(true) { Capabilities::SUBGROUP } else { Capabilities::empty() };
+    let coop = family == Family::PreForwardCoop;
+    let caps = if coop {
+        Capabilities::SUBGROUP | Capabilities::SHADER_FLOAT16 | Capabilities::COOPERATIVE_MATRIX
+    } else if spec.flag_value("SUBGROUP") == Some(true) {
+        Capabilities::SUBGROUP
+    } else {
+        Capabilities::empty()
+    };
     let info = Validator::new(ValidationFlags::all(), caps)
         .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
         .subgroup_operations(naga::valid::SubgroupOperationSet::all())
@@ -41,6 +59,9 @@ fn check(family: Family, spec: &Spec) {
 
     let spv_opts = spv::Options { lang_version: (1, 3), ..Default::default() };
     spv::write_vec(&module, &info, &spv_opts, None).unwrap_or_else(|e| panic!("{} SPIR-V: {e}", family.name()));
+    if coop {
+        return;
+    }
 
     let msl_opts = msl::Options { lang_version: (2, 4), ..Default::default() };
     for entry in family.entry_points() {
@@ -68,22 +89,4 @@ fn every_kernel_builds_for_every_backend() {
             check(family, spec);
         }
     }
-}
-
-/// The cooperative-matrix probe of `examples/coop_probe.rs` (not a kernel family): it must
-/// still parse, validate and translate to SPIR-V, the one backend it is run on.
-#[test]
-fn coop_probe_builds_for_vulkan() {
-    let src = include_str!("../../../shaders/coop_probe.wgsl")
-        .replace("KVAL", "10240u")
-        .replace("KSVAL", "8u")
-        .replace("TVAL", "4096u");
-    let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{}", e.emit_to_string(&src)));
-    let caps = Capabilities::SUBGROUP | Capabilities::SHADER_FLOAT16 | Capabilities::COOPERATIVE_MATRIX;
-    let info = Validator::new(ValidationFlags::all(), caps)
-        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-        .subgroup_operations(naga::valid::SubgroupOperationSet::all())
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&src)));
-    spv::write_vec(&module, &info, &spv::Options::default(), None).unwrap_or_else(|e| panic!("SPIR-V: {e}"));
 }

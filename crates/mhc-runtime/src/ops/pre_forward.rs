@@ -1,7 +1,7 @@
 use bytemuck::Zeroable;
 use mhc_core::shape::expect_per_token;
 use mhc_core::{DType, Dims, Error, PreForwardInputs, PreParams, Result, SinkhornParams};
-use mhc_wgsl::{Family, Tile};
+use mhc_wgsl::{CoopTile, Family, Tile};
 
 use super::to_u32;
 use crate::dispatch::Chunks;
@@ -114,7 +114,8 @@ pub fn pre_forward_into(
     }
     let (n, d) = (to_u32(dims.n, "n")?, to_u32(dims.d, "D")?);
     let tile = ctx.pre_forward_tile().unwrap_or_else(|| Tile::for_tokens(n, dims.t));
-    let spec = mhc_wgsl::pre_forward(n, d, sinkhorn.is_some(), ctx.target(), tile);
+    let coop = if ctx.capabilities().cooperative_matrix { CoopTile::for_shape(n, d, dims.t) } else { None };
+    let spec = mhc_wgsl::pre_forward(n, d, sinkhorn.is_some(), ctx.target(), tile, coop.map(|c| c.splits));
     let tb = spec.get("TB").expect("pre_forward spec sets TB") as usize;
     let tokens_per_group = tb * spec.get("TPL").map_or(1, |v| v as usize);
     let pipeline = ctx.pipeline(Family::PreForward, "main", &spec)?;
@@ -148,7 +149,12 @@ pub fn pre_forward_into(
     if let (Some(l), Some(_)) = (&out.h_res_logits, sinkhorn) {
         rows.push((12, l, "h_res_logits"));
     }
-    let whole = [(2, phi), (3, inp.alpha), (4, inp.bias)];
+    let coop = coop.map(|c| CoopProjection::new(ctx, &dims, c)).transpose()?;
+    let mut whole = vec![(2, phi), (3, inp.alpha), (4, inp.bias)];
+    if let Some(c) = &coop {
+        rows.push((16, &c.part, "projection partials"));
+        whole.push((17, &c.unscale));
+    }
     let chunks = ctx.chunks_for(dims.t, &rows)?;
     let sk = sinkhorn.copied().unwrap_or_default();
     let params = |_: usize, range: &std::ops::Range<usize>| {
@@ -167,6 +173,71 @@ pub fn pre_forward_into(
             let whole = [(13, inp.phi), (14, *g), (15, f)];
             ctx.record_chunks(pass, fold, &Chunks::whole(1), &[], &whole, fold_params, |_| elements.div_ceil(wg))?;
         }
+        if let Some(c) = &coop {
+            c.record(ctx, pass, phi, inp.x, &chunks)?;
+        }
         ctx.record_chunks(pass, &pipeline, &chunks, &rows, &whole, params, |r| r.len().div_ceil(tokens_per_group))
     })
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CoopParams {
+    t: u32,
+    _pad: [u32; 3],
+}
+
+/// The cooperative-matrix projection of one call (`pre_forward_coop.wgsl`): phi split into
+/// scaled f16 tiles, then partial sums over `splits` splits of K that `main` adds up.
+struct CoopProjection {
+    tile: CoopTile,
+    k: usize,
+    phi_top: wgpu::ComputePipeline,
+    split_phi: wgpu::ComputePipeline,
+    project: wgpu::ComputePipeline,
+    // Each row's largest |phi| as f32 bits; zero when created, as phi_top needs.
+    top: GpuTensor,
+    // f16 halves; the tensor type has no f16, so they are counted as f32 pairs.
+    tiles: GpuTensor,
+    unscale: GpuTensor,
+    part: GpuTensor,
+}
+
+impl CoopProjection {
+    fn new(ctx: &Context, dims: &Dims, tile: CoopTile) -> Result<Self> {
+        let spec = mhc_wgsl::pre_forward_coop(to_u32(dims.n, "n")?, to_u32(dims.d, "D")?, tile);
+        Ok(Self {
+            tile,
+            k: dims.k(),
+            phi_top: ctx.pipeline(Family::PreForwardCoop, "phi_top", &spec)?,
+            split_phi: ctx.pipeline(Family::PreForwardCoop, "split_phi", &spec)?,
+            top: GpuTensor::zeros(ctx, "phi row maxima", &[32], DType::F32)?,
+            project: ctx.pipeline(Family::PreForwardCoop, "project", &spec)?,
+            tiles: GpuTensor::zeros(ctx, "phi f16 tiles", &[32 * dims.k()], DType::F32)?,
+            unscale: GpuTensor::zeros(ctx, "phi tile scales", &[32], DType::F32)?,
+            part: GpuTensor::zeros(ctx, "projection partials", &[dims.t, tile.splits as usize * 34], DType::F32)?,
+        })
+    }
+
+    fn record(
+        &self,
+        ctx: &Context,
+        pass: &mut wgpu::ComputePass<'_>,
+        phi: &GpuTensor,
+        x: &GpuTensor,
+        chunks: &Chunks,
+    ) -> Result<()> {
+        let params = |_: usize, range: &std::ops::Range<usize>| {
+            Ok(ctx.uniform(&CoopParams { t: to_u32(range.len(), "tokens")?, _pad: [0; 3] }))
+        };
+        let elements = Chunks::whole(32 * self.k);
+        let groups = |r: &std::ops::Range<usize>| r.len().div_ceil(256);
+        ctx.record_chunks(pass, &self.phi_top, &elements, &[], &[(1, phi), (2, &self.top)], params, groups)?;
+        let whole = [(1, phi), (2, &self.top), (3, &self.tiles), (7, &self.unscale)];
+        ctx.record_chunks(pass, &self.split_phi, &elements, &[], &whole, params, groups)?;
+        let rows = [(4, x, "x"), (6, &self.part, "projection partials")];
+        ctx.record_chunks(pass, &self.project, chunks, &rows, &[(5, &self.tiles)], params, |r| {
+            r.len().div_ceil(self.tile.tokens() as usize) * self.tile.splits as usize
+        })
+    }
 }
