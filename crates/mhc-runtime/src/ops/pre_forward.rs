@@ -66,7 +66,8 @@ impl PreForwardOutputs {
 }
 
 /// mhc_pre forward; with `sinkhorn` set, h_res comes out projected by Sinkhorn-Knopp in the
-/// same kernel.
+/// same kernel. On a context created with `ContextOptions::cooperative_matrix`, the projection
+/// runs on f16 tensor cores where the shape allows (accuracy in docs/PERFORMANCE.md).
 ///
 /// ```no_run
 /// use mhc_core::{PreForwardInputs, PreParams, random::{PreInputs, TensorRng}, Dims};
