@@ -30,13 +30,6 @@ fn coop_ctx(opts: ContextOptions) -> Option<Context> {
     }
 }
 
-fn run(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool, sinkhorn: Option<SinkhornParams>) {
-    let seed = seed_from_env();
-    let dims = Dims::new(t, n, d).unwrap();
-    let host = PreInputs::random(&mut TensorRng::new(seed), &dims, gamma);
-    check_pre_forward(ctx, &dims, &host, sinkhorn, seed);
-}
-
 #[test]
 fn coop_pre_forward_matches_golden_or_is_refused() {
     let Some(ctx) = coop_ctx(ContextOptions::default()) else { return };
@@ -44,10 +37,10 @@ fn coop_pre_forward_matches_golden_or_is_refused() {
     // the 128-token tile; M = 15 and 3; K not a multiple of 32 and D odd (exact path).
     for (t, n, d) in [(1, 4, 8), (301, 4, 64), (130, 3, 32), (1000, 4, 1024), (77, 1, 96), (513, 4, 200), (5, 4, 3)] {
         for gamma in [false, true] {
-            run(&ctx, t, n, d, gamma, None);
+            run_pre_forward(&ctx, t, n, d, gamma, None);
         }
     }
-    run(&ctx, 257, 4, 128, true, Some(SinkhornParams::default()));
+    run_pre_forward(&ctx, 257, 4, 128, true, Some(SinkhornParams::default()));
 }
 
 /// Token chunks (64 KiB bindings) and 2D grids (7 workgroups a dimension).
@@ -59,8 +52,8 @@ fn coop_pre_forward_in_token_chunks_or_is_refused() {
         ..Default::default()
     };
     let Some(ctx) = coop_ctx(opts) else { return };
-    run(&ctx, 700, 4, 64, true, None);
-    run(&ctx, 1001, 4, 32, false, Some(SinkhornParams::default()));
+    run_pre_forward(&ctx, 700, 4, 64, true, None);
+    run_pre_forward(&ctx, 1001, 4, 32, false, Some(SinkhornParams::default()));
 }
 
 /// Tokens whose largest |x| is above f16's range, or so small that the f16 conversion could

@@ -8,13 +8,6 @@ use mhc::core::random::{PostInputs, PreInputs, TensorRng, seed_from_env};
 use mhc::core::{DType, Dims, Error, PostForwardInputs, PreForwardInputs, PreParams, SinkhornParams};
 use mhc::runtime::{Context, ContextOptions, GpuTensor, Tile, ops};
 
-fn run_pre_forward(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool, sinkhorn: Option<SinkhornParams>) {
-    let seed = seed_from_env();
-    let dims = Dims::new(t, n, d).unwrap();
-    let host = PreInputs::random(&mut TensorRng::new(seed), &dims, gamma);
-    check_pre_forward(ctx, &dims, &host, sinkhorn, seed);
-}
-
 #[test]
 fn pre_forward_matches_golden_over_shapes() {
     for n in [1, 2, 4, 8] {

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use mhc::core::accuracy::{Tolerance, compare};
 use mhc::core::golden::{pre_forward_f64, sinkhorn_forward_f64};
-use mhc::core::random::PreInputs;
+use mhc::core::random::{PreInputs, TensorRng, seed_from_env};
 use mhc::core::{DType, Dims, HostTensor, PreForwardInputs, PreParams, SinkhornParams, TensorMeta};
 use mhc::runtime::{Context, ContextOptions, GpuTensor, ops};
 
@@ -120,4 +120,12 @@ pub fn check_pre_forward(ctx: &Context, dims: &Dims, host: &PreInputs, sinkhorn:
             check(ctx, &format!("{what} fused sinkhorn h_res"), &out.h_res, &proj, None, seed);
         }
     }
+}
+
+/// mhc_pre forward on fresh random inputs of `t` tokens against the golden math.
+pub fn run_pre_forward(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool, sinkhorn: Option<SinkhornParams>) {
+    let seed = seed_from_env();
+    let dims = Dims::new(t, n, d).unwrap();
+    let host = PreInputs::random(&mut TensorRng::new(seed), &dims, gamma);
+    check_pre_forward(ctx, &dims, &host, sinkhorn, seed);
 }
