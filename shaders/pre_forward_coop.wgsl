@@ -4,7 +4,8 @@
 // sums over KS splits of K that pre_forward.wgsl's `main` (flag COOP) adds up, gates and
 // uses for h_in. Needs `enable f16; enable wgpu_cooperative_matrix;` (Family::source puts
 // them first), the f16 16x16x16 configuration with f32 accumulators, subgroups of 32.
-// Constants (mhc_wgsl::pre_forward_coop): K, M (at most 32), KS splits of K, S subgroups a
+// Constants (mhc_wgsl::pre_forward_coop): K, M (at most 32), NB = ceil(K / 2048) blocks of a
+// row for its maximum, KS splits of K, S subgroups a
 // workgroup, KC columns a chunk (K / KS a multiple of it), KSTEPS = KC / 16, PF chunks in
 // flight (dividing a split's chunks), XL words of x and PL halves of phi an invocation loads
 // a chunk.
@@ -18,15 +19,15 @@
 // result to the exact f32 projection.
 
 struct Params {
-    // Tokens of this dispatch (phi_top, split_phi: elements of the 32 x K tiles).
+    // Tokens of this dispatch (phi_top: blocks of phi; split_phi: elements of the 32 x K tiles).
     t: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 // phi_top, split_phi
 @group(0) @binding(1) var<storage, read> phi_g: array<f32>;
-// The largest |phi| of each output row, as f32 bits (zero before phi_top).
-@group(0) @binding(2) var<storage, read_write> top: array<atomic<u32>>;
+// The largest |phi| of each block of 2048 columns of each output row: [32][NB].
+@group(0) @binding(2) var<storage, read_write> tops: array<f32>;
 @group(0) @binding(3) var<storage, read_write> tiles_out: array<f16>;
 @group(0) @binding(7) var<storage, read_write> unscale: array<f32>;
 // project
@@ -42,19 +43,34 @@ fn tile_at(m: u32, k: u32) -> u32 {
     return (k / 16u) * 1024u + (m / 16u) * 256u + (m % 16u) * 16u + k % 16u;
 }
 
-// One element of phi an invocation. A subgroup's 32 elements lie in one row (K is a multiple
-// of 32), so one atomic a subgroup suffices. Non-negative floats order like their bits.
+var<workgroup> block_top: array<f32, 8>;
+
+// One block of 2048 columns of one output row a workgroup (NB blocks a row; rows from M on
+// are zeros), 8 columns an invocation. Every block is written, so the buffer needs no
+// clearing between calls.
 @compute @workgroup_size(256)
-fn phi_top(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) sl: u32) {
-    let e = group_index(wid, nwg) * 256u + lid;
-    let live = e < params.t && e / K < M;
-    var v = 0.0;
-    if (live) {
-        v = abs(phi_g[e]);
+fn phi_top(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) sl: u32) {
+    let g = group_index(wid, nwg);
+    if (g >= params.t) {
+        return;
     }
-    let row_top = subgroupMax(v);
-    if (live && sl == 0u) {
-        atomicMax(&top[e / K], bitcast<u32>(row_top));
+    let m = g / NB;
+    var v = 0.0;
+    for (var k = (g % NB) * 2048u + lid; k < min(K, (g % NB + 1u) * 2048u); k += 256u) {
+        if (m < M) {
+            v = max(v, abs(phi_g[m * K + k]));
+        }
+    }
+    v = subgroupMax(v);
+    if (sl == 0u) {
+        block_top[sg] = v;
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        for (var i = 0u; i < 8u; i++) {
+            v = max(v, block_top[i]);
+        }
+        tops[g] = v;
     }
 }
 
@@ -73,7 +89,11 @@ fn split_phi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     // A zero row gets 2^126 (its parts stay zero; 1 / scale stays a normal number); an
     // infinite or NaN one a tiny scale that keeps it non-finite, which `main` sends to the
     // exact path.
-    let biased = i32((atomicLoad(&top[m]) >> 23u) & 0xffu);
+    var top = 0.0;
+    for (var b = 0u; b < NB; b++) {
+        top = max(top, tops[m * NB + b]);
+    }
+    let biased = i32((bitcast<u32>(top) >> 23u) & 0xffu);
     let scale_bits = u32(clamp(127 + 13 + 127 - biased, 1, 253)) << 23u;
     if (k == 0u) {
         unscale[m] = bitcast<f32>((254u << 23u) - scale_bits);

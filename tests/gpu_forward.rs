@@ -216,3 +216,15 @@ fn bad_inputs_are_errors_naming_the_tensor() {
     .unwrap_err();
     assert!(msg(e).starts_with("h_res_logits"));
 }
+
+/// Scratch buffers (the gamma-folded phi) are kept between calls and reused by smaller ones,
+/// replaced by larger ones, and made again after `release_scratch`.
+#[test]
+fn pre_forward_reuses_scratch_across_shapes() {
+    let ctx = Context::new().unwrap();
+    run_pre_forward(&ctx, 40, 4, 256, true, None);
+    run_pre_forward(&ctx, 9, 2, 24, true, None);
+    run_pre_forward(&ctx, 17, 8, 300, true, None);
+    ctx.release_scratch();
+    run_pre_forward(&ctx, 40, 4, 256, true, Some(SinkhornParams::default()));
+}

@@ -69,6 +69,7 @@ pub struct Context {
     max_groups: u32,
     pre_tile: Option<Tile>,
     pub(crate) pipelines: PipelineCache,
+    pub(crate) scratch: crate::scratch::ScratchPool,
     pub(crate) timer: crate::timing::TimerSlot,
     lost: Arc<Mutex<Option<String>>>,
 }
@@ -235,6 +236,7 @@ impl Context {
             max_groups,
             pre_tile: opts.pre_forward_tile,
             pipelines: PipelineCache::default(),
+            scratch: Default::default(),
             timer: Default::default(),
             lost,
         })

@@ -8,6 +8,7 @@ mod dispatch;
 pub mod layer;
 pub mod ops;
 mod pipeline;
+mod scratch;
 mod tensor;
 mod timing;
 

@@ -134,6 +134,7 @@ pub fn pre_forward_coop(n: u32, d: u32, tile: CoopTile) -> Spec {
     Spec::new()
         .with("K", n * d)
         .with("M", m_of(n))
+        .with("NB", (n * d).div_ceil(2048))
         .with("KS", tile.splits)
         .with("S", tile.subgroups)
         .with("KC", tile.chunk)

@@ -85,7 +85,7 @@ pub fn pre_backward_into(
     let pipe = |entry| ctx.pipeline(Family::PreBackward, entry, &spec);
     let (rows_p, cols_p, finish_p, small_p) = (pipe("rows")?, pipe("cols")?, pipe("finish")?, pipe("finish_small")?);
 
-    let tok_data = GpuTensor::zeros(ctx, "tok_data", &[t, m + 1], DType::F32)?;
+    let tok_data = ctx.scratch("tok_data", &[t, m + 1], DType::F32)?;
     let per_token = [
         (1, f.x, "x"),
         (2, inp.dh_in, "dh_in"),
@@ -114,7 +114,7 @@ pub fn pre_backward_into(
         })
         .collect();
     let n_small = chunks.ranges.iter().map(|r| r.len().div_ceil(tb)).sum::<usize>();
-    let part_small = GpuTensor::zeros(ctx, "dbias/dalpha partials", &[n_small, m + 3], DType::F32)?;
+    let part_small = ctx.scratch("dbias/dalpha partials", &[n_small, m + 3], DType::F32)?;
 
     // dphi / dgamma partials: one slice per token segment, shared by all chunks.
     let col_blocks = (if pair { k / 2 } else { k }).div_ceil(wg);
@@ -128,8 +128,8 @@ pub fn pre_backward_into(
             detail: format!("{slice_bytes} bytes, the device binds at most {}", ctx.max_binding_size()),
         });
     }
-    let part_phi = GpuTensor::zeros(ctx, "dphi partials", &[n_segs, m, k], DType::F32)?;
-    let part_gamma = GpuTensor::zeros(ctx, "dgamma partials", &[n_segs, k], DType::F32)?;
+    let part_phi = ctx.scratch("dphi partials", &[n_segs, m, k], DType::F32)?;
+    let part_gamma = ctx.scratch("dgamma partials", &[n_segs, k], DType::F32)?;
 
     for (name, g) in [("phi", f.phi), ("alpha", f.alpha)] {
         ctx.check_whole(name, g)?;

@@ -127,7 +127,7 @@ pub fn pre_forward_into(
     let elements = dims.m() * dims.k();
     let folded = match inp.gamma {
         Some(g) => Some((
-            GpuTensor::zeros(ctx, "phi * gamma", &[dims.m(), dims.k()], DType::F32)?,
+            ctx.scratch("phi * gamma", &[dims.m(), dims.k()], DType::F32)?,
             g,
             ctx.pipeline(Family::PreForward, "fold_gamma", &spec)?,
         )),
@@ -196,8 +196,8 @@ struct CoopProjection {
     phi_top: wgpu::ComputePipeline,
     split_phi: wgpu::ComputePipeline,
     project: wgpu::ComputePipeline,
-    // Each row's largest |phi| as f32 bits; zero when created, as phi_top needs.
-    top: GpuTensor,
+    // The largest |phi| of each 2048 columns of each row.
+    tops: GpuTensor,
     // f16 halves; the tensor type has no f16, so they are counted as f32 pairs.
     tiles: GpuTensor,
     unscale: GpuTensor,
@@ -212,11 +212,11 @@ impl CoopProjection {
             k: dims.k(),
             phi_top: ctx.pipeline(Family::PreForwardCoop, "phi_top", &spec)?,
             split_phi: ctx.pipeline(Family::PreForwardCoop, "split_phi", &spec)?,
-            top: GpuTensor::zeros(ctx, "phi row maxima", &[32], DType::F32)?,
+            tops: ctx.scratch("phi block maxima", &[32 * dims.k().div_ceil(2048)], DType::F32)?,
             project: ctx.pipeline(Family::PreForwardCoop, "project", &spec)?,
-            tiles: GpuTensor::zeros(ctx, "phi f16 tiles", &[32 * dims.k()], DType::F32)?,
-            unscale: GpuTensor::zeros(ctx, "phi tile scales", &[32], DType::F32)?,
-            part: GpuTensor::zeros(ctx, "projection partials", &[dims.t, tile.splits as usize * 34], DType::F32)?,
+            tiles: ctx.scratch("phi f16 tiles", &[32 * dims.k()], DType::F32)?,
+            unscale: ctx.scratch("phi tile scales", &[32], DType::F32)?,
+            part: ctx.scratch("projection partials", &[dims.t, tile.splits as usize * 34], DType::F32)?,
         })
     }
 
@@ -231,11 +231,11 @@ impl CoopProjection {
         let params = |_: usize, range: &std::ops::Range<usize>| {
             Ok(ctx.uniform(&CoopParams { t: to_u32(range.len(), "tokens")?, _pad: [0; 3] }))
         };
+        let blocks = Chunks::whole(32 * self.k.div_ceil(2048));
+        ctx.record_chunks(pass, &self.phi_top, &blocks, &[], &[(1, phi), (2, &self.tops)], params, |r| r.len())?;
+        let whole = [(1, phi), (2, &self.tops), (3, &self.tiles), (7, &self.unscale)];
         let elements = Chunks::whole(32 * self.k);
-        let groups = |r: &std::ops::Range<usize>| r.len().div_ceil(256);
-        ctx.record_chunks(pass, &self.phi_top, &elements, &[], &[(1, phi), (2, &self.top)], params, groups)?;
-        let whole = [(1, phi), (2, &self.top), (3, &self.tiles), (7, &self.unscale)];
-        ctx.record_chunks(pass, &self.split_phi, &elements, &[], &whole, params, groups)?;
+        ctx.record_chunks(pass, &self.split_phi, &elements, &[], &whole, params, |r| r.len().div_ceil(256))?;
         let rows = [(4, x, "x"), (6, &self.part, "projection partials")];
         ctx.record_chunks(pass, &self.project, chunks, &rows, &[(5, &self.tiles)], params, |r| {
             r.len().div_ceil(self.tile.tokens() as usize) * self.tile.splits as usize
