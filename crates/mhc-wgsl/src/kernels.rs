@@ -99,6 +99,11 @@ impl CoopTile {
         16 * self.subgroups
     }
 
+    /// Floats a token of the partial sums takes.
+    pub fn partial_floats(&self) -> u32 {
+        self.splits * COOP_PART_PER_SPLIT
+    }
+
     /// The layout for `tokens` tokens, or `None` where the shape does not fit the path (M
     /// above 32, D not a multiple of 8, K not a multiple of the chunk). 8 subgroups and
     /// 32-column chunks timed best on an H200 (4 subgroups, or 64-column chunks, were 1.2-1.3x

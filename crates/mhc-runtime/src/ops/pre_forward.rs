@@ -193,6 +193,8 @@ struct CoopParams {
 struct CoopProjection {
     tile: CoopTile,
     k: usize,
+    // Blocks of a row of phi that phi_top reduces.
+    blocks: usize,
     phi_top: wgpu::ComputePipeline,
     split_phi: wgpu::ComputePipeline,
     project: wgpu::ComputePipeline,
@@ -207,16 +209,18 @@ struct CoopProjection {
 impl CoopProjection {
     fn new(ctx: &Context, dims: &Dims, tile: CoopTile) -> Result<Self> {
         let spec = mhc_wgsl::pre_forward_coop(to_u32(dims.n, "n")?, to_u32(dims.d, "D")?, tile);
+        let blocks = spec.get("NB").expect("pre_forward_coop spec sets NB") as usize;
         Ok(Self {
             tile,
             k: dims.k(),
+            blocks,
             phi_top: ctx.pipeline(Family::PreForwardCoop, "phi_top", &spec)?,
             split_phi: ctx.pipeline(Family::PreForwardCoop, "split_phi", &spec)?,
-            tops: ctx.scratch("phi block maxima", &[32 * dims.k().div_ceil(2048)], DType::F32)?,
             project: ctx.pipeline(Family::PreForwardCoop, "project", &spec)?,
+            tops: ctx.scratch("phi block maxima", &[32 * blocks], DType::F32)?,
             tiles: ctx.scratch("phi f16 tiles", &[32 * dims.k()], DType::F32)?,
             unscale: ctx.scratch("phi tile scales", &[32], DType::F32)?,
-            part: ctx.scratch("projection partials", &[dims.t, tile.splits as usize * 34], DType::F32)?,
+            part: ctx.scratch("projection partials", &[dims.t, tile.partial_floats() as usize], DType::F32)?,
         })
     }
 
@@ -231,7 +235,7 @@ impl CoopProjection {
         let params = |_: usize, range: &std::ops::Range<usize>| {
             Ok(ctx.uniform(&CoopParams { t: to_u32(range.len(), "tokens")?, _pad: [0; 3] }))
         };
-        let blocks = Chunks::whole(32 * self.k.div_ceil(2048));
+        let blocks = Chunks::whole(32 * self.blocks);
         ctx.record_chunks(pass, &self.phi_top, &blocks, &[], &[(1, phi), (2, &self.tops)], params, |r| r.len())?;
         let whole = [(1, phi), (2, &self.tops), (3, &self.tiles), (7, &self.unscale)];
         let elements = Chunks::whole(32 * self.k);
