@@ -181,13 +181,6 @@ pub fn pre_forward_into(
     })
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct CoopParams {
-    t: u32,
-    _pad: [u32; 3],
-}
-
 /// The cooperative-matrix projection of one call (`pre_forward_coop.wgsl`): phi split into
 /// scaled f16 tiles, then partial sums over `splits` splits of K that `main` adds up.
 struct CoopProjection {
@@ -233,7 +226,8 @@ impl CoopProjection {
         chunks: &Chunks,
     ) -> Result<()> {
         let params = |_: usize, range: &std::ops::Range<usize>| {
-            Ok(ctx.uniform(&CoopParams { t: to_u32(range.len(), "tokens")?, _pad: [0; 3] }))
+            // The coop kernels read only `t`, the first field of the operator's uniform.
+            Ok(ctx.uniform(&Params { t: to_u32(range.len(), "tokens")?, ..Params::zeroed() }))
         };
         let blocks = Chunks::whole(32 * self.blocks);
         ctx.record_chunks(pass, &self.phi_top, &blocks, &[], &[(1, phi), (2, &self.tops)], params, |r| r.len())?;
