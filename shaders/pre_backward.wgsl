@@ -1,7 +1,7 @@
 // ---- pre_backward.wgsl: mhc_pre backward (SPEC.md section 2) in three entry points ----
-// Needs: N, D, K = N * D, M, NN, TB tokens a `rows` workgroup, WG, NV = TB * N, SG_MIN, CHT
-// tokens staged at a time by `cols`, TV = (M + 4) / 4; flags VEC4 (D % 8 == 0), PAIR
-// (D % 2 == 0), HAS_GAMMA, SUBGROUP.
+// Needs: N, D, K = N * D, M, NN, TB tokens a `rows` workgroup, WG, NV = TB * N, SG_MIN, UT
+// tokens a step of `cols`, CHT tokens it stages at a time (a multiple of UT), TV = (M + 4) / 4;
+// flags VEC4 (D % 8 == 0), PAIR (D % 2 == 0), HAS_GAMMA, SUBGROUP.
 //
 // Passes over the large tensors: x and dh_in are each read twice, dx written once.
 //   rows   (pass 1) per token: dh_pre = <dh_in, x_i> reduced over D, then the token's scalars:
@@ -174,6 +174,11 @@ fn stage_tokens(lid: u32, tc: u32, cnt: u32) {
     for (var e = lid; e < cnt * N; e += WG) {
         hpre_s[e] = h_pre[tc * N + e];
     }
+    // Slots past the last token up to a multiple of UT: zeros, so the padded steps of `cols`
+    // add nothing (a stale value could be infinite, and inf * 0 is NaN).
+    for (var e = cnt * TV + lid; e < min(CHT, (cnt + UT - 1u) / UT * UT) * TV; e += WG) {
+        tok_s[e] = vec4<f32>(0.0);
+    }
     workgroupBarrier();
 }
 
@@ -237,31 +242,46 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let cnt = min(CHT, t_end - tc);
         stage_tokens(lid, tc, cnt);
         if (valid) {
-            for (var u = 0u; u < cnt; u++) {
-                let tok = tc + u;
-                let word = xw[tok * (K / 2u) + c];
-                let v0 = bf16_lo(word);
-                let v1 = bf16_hi(word);
-                let gw = dhw[(tok * D + d0) / 2u];
-                var dv0 = 0.0;
-                var dv1 = 0.0;
-                let hv = token_scalars(u);
-#unroll m M
-                {
-                    let h = hv[{m} / 4u][{m} % 4u];
-                    dv0 += h * p0[{m}];
-                    dv1 += h * p1[{m}];
-                    a0[{m}] += h * v0;
-                    a1[{m}] += h * v1;
+            for (var u0 = 0u; u0 < cnt; u0 += UT) {
+                // The UT tokens' loads first, so they are in flight together: one token at a
+                // time left each invocation waiting a memory latency per token.
+                var words: array<u32, UT>;
+                var gws: array<u32, UT>;
+#unroll j UT
+                if (u0 + {j} < cnt) {
+                    let tok = tc + u0 + {j};
+                    words[{j}] = xw[tok * (K / 2u) + c];
+                    gws[{j}] = dhw[(tok * D + d0) / 2u];
                 }
 #endunroll
-                let coef = hv[M / 4u][M % 4u];
-                let hp = hpre_s[u * N + i];
-                let r0 = dv0 * g0 - coef * v0 + hp * bf16_lo(gw);
-                let r1 = dv1 * g1 - coef * v1 + hp * bf16_hi(gw);
-                dx[tok * (K / 2u) + c] = bf16_bits(r0) | (bf16_bits(r1) << 16u);
-                ga0 += v0 * dv0;
-                ga1 += v1 * dv1;
+#unroll j UT
+                {
+                    let u = u0 + {j};
+                    let v0 = bf16_lo(words[{j}]);
+                    let v1 = bf16_hi(words[{j}]);
+                    var dv0 = 0.0;
+                    var dv1 = 0.0;
+                    let hv = token_scalars(u);
+#unroll m M
+                    {
+                        let h = hv[{m} / 4u][{m} % 4u];
+                        dv0 += h * p0[{m}];
+                        dv1 += h * p1[{m}];
+                        a0[{m}] += h * v0;
+                        a1[{m}] += h * v1;
+                    }
+#endunroll
+                    let coef = hv[M / 4u][M % 4u];
+                    let hp = hpre_s[u * N + i];
+                    let r0 = dv0 * g0 - coef * v0 + hp * bf16_lo(gws[{j}]);
+                    let r1 = dv1 * g1 - coef * v1 + hp * bf16_hi(gws[{j}]);
+                    if (u < cnt) {
+                        dx[(tc + u) * (K / 2u) + c] = bf16_bits(r0) | (bf16_bits(r1) << 16u);
+                    }
+                    ga0 += v0 * dv0;
+                    ga1 += v1 * dv1;
+                }
+#endunroll
             }
         }
     }

@@ -90,23 +90,36 @@ fn store_h_in(e: u32, v: f32) {
 // The RMS and the M dot products of the workgroup's tokens, summed over the workgroup:
 // sum(b, m) for token b of the tile and output m (m == M: the sum of squares).
 #if VEC4
+// Word w of the invocation's TPL tokens (tok, tok + TB, ...); zeros past the end.
+fn load_x(q: ptr<function, array<vec4<u32>, TPL>>, tok: u32, w: u32, w_end: u32) {
+#unroll u TPL
+    {
+        let t = tok + {u} * TB;
+        (*q)[{u}] = vec4<u32>(0u);
+        if (w < w_end && t < params.t) {
+            (*q)[{u}] = x[t * W8 + w];
+        }
+    }
+#endunroll
+}
+
 fn projections(lane: Lane, tok0: u32) {
     let j = lane.lid % TB;
     let split = lane.lid / TB;
     var acc: array<f32, TPL * (M + 1u)>;
     let w_end = min(W8, (split + 1u) * WPS);
+    // x of the next step is loaded before this one's FMAs, so a load is always in flight.
+    var next: array<vec4<u32>, TPL>;
+    load_x(&next, tok0 + j, split * WPS, w_end);
     for (var w = split * WPS; w < w_end; w++) {
+        let cur = next;
+        load_x(&next, tok0 + j, w + 1u, w_end);
         var xa: array<vec4<f32>, TPL>;
         var xb: array<vec4<f32>, TPL>;
 #unroll u TPL
         {
-            let tok = tok0 + {u} * TB + j;
-            var q = vec4<u32>(0u);
-            if (tok < params.t) {
-                q = x[tok * W8 + w];
-            }
-            let lo = lo4(q);
-            let hi = hi4(q);
+            let lo = lo4(cur[{u}]);
+            let hi = hi4(cur[{u}]);
             acc[{u} * (M + 1u) + M] += dot(lo, lo) + dot(hi, hi);
             xa[{u}] = vec4<f32>(lo.x, hi.x, lo.y, hi.y);
             xb[{u}] = vec4<f32>(lo.z, hi.z, lo.w, hi.w);

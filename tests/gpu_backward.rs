@@ -96,6 +96,13 @@ fn pre_backward_matches_golden_over_shapes() {
     run_pre_backward(ctx(), 300, 4, 64, false);
 }
 
+/// K = 8192 gives `cols` 32 column blocks, so 32 segments of 32 tokens: whole staged chunks,
+/// and a last segment of 11 tokens whose final step is padded.
+#[test]
+fn pre_backward_long_token_segments() {
+    run_pre_backward(ctx(), 1003, 4, 2048, true);
+}
+
 #[test]
 fn pre_backward_without_subgroups() {
     run_pre_backward(ctx_portable(), 9, 4, 40, true);

@@ -156,6 +156,10 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
         .with("TB", tb)
         .with("NV", tb * n)
         .with("CHT", 32)
+        // Tokens a step of `cols`, their loads issued together. On an H200 one token a step
+        // left `cols` waiting on memory latency; 2, 4 and 8 took pre backward at 16384/4096
+        // from 2300 us to 2104, 1765 and 1529 us (docs/PERFORMANCE.md).
+        .with("UT", 8)
         .with("TV", (m_of(n) + 4) / 4)
         .flag("HAS_GAMMA", has_gamma)
         // Two columns an invocation doubles the registers held for phi: only for small M.
