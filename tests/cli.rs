@@ -743,6 +743,58 @@ fn bench_writes_json() {
     assert!(text(&out.stdout).contains("sinkhorn-forward"), "{ctx}");
 }
 
+/// `--stages`: each operator's entry points in recording order, timed inside its pass.
+#[test]
+fn bench_times_stages() {
+    let dir = TempDir::new().unwrap();
+    let json = dir.path().join("stages.json");
+    let args: Vec<String> = [
+        "bench",
+        "--op",
+        "pre-backward",
+        "--op",
+        "post-forward",
+        "--shape",
+        "16,4,64",
+        "--iters",
+        "3",
+        "--warmup-ms",
+        "0",
+        "--stages",
+        "--json",
+        &path_str(&json),
+    ]
+    .map(String::from)
+    .to_vec();
+    let has_stage_timestamps = mhc::runtime::Context::new().unwrap().capabilities().stage_timestamps;
+    if !has_stage_timestamps {
+        let out = mhc(&args);
+        let ctx = describe(&args, &out);
+        assert!(!out.status.success() && text(&out.stderr).contains("--stages"), "{ctx}");
+        return;
+    }
+    let out = succeed(&args);
+    let ctx = describe(&args, &out);
+    let doc = read_json(&json, &ctx);
+    let rows = doc["rows"].as_array().unwrap_or_else(|| panic!("rows: {doc}"));
+    let want: [(&str, &[&str]); 2] =
+        [("pre-backward", &["rows", "cols", "finish", "finish_small"]), ("post-forward", &["forward"])];
+    assert_eq!(rows.len(), want.len(), "{ctx}");
+    for (row, (op, entries)) in rows.iter().zip(want) {
+        check_bench_row(row, &doc, &ctx);
+        assert_eq!(row["op"], op, "{ctx}");
+        let stages = row["stages"].as_array().unwrap_or_else(|| panic!("stages of {row}"));
+        let names: Vec<&str> = stages.iter().map(|s| s["entry"].as_str().unwrap()).collect();
+        assert_eq!(names, entries, "{ctx}");
+        let us: Vec<f64> = stages.iter().map(|s| s["us"].as_f64().unwrap()).collect();
+        assert!(us.iter().all(|u| u.is_finite() && *u > 0.0), "{us:?}: {ctx}");
+        // Stages lie inside the pass: their medians add up to about the pass's median.
+        let (sum, total) = (us.iter().sum::<f64>(), row["us"].as_f64().unwrap());
+        assert!(sum <= 1.2 * total && sum >= 0.5 * total, "stages {us:?} vs pass {total}: {ctx}");
+    }
+    assert!(text(&out.stdout).contains("cols"), "{ctx}");
+}
+
 #[test]
 fn info_names_the_adapter() {
     let args = ["info".to_string()];

@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mhc::core::random::{TensorRng, seed_from_env};
 use mhc::core::{DType, Dims, Op, PostForwardInputs, PreBackwardInputs, PreForwardInputs, SinkhornParams};
 use mhc::exec::Options;
-use mhc::runtime::{Context, GpuTensor, ceilings, ops};
+use mhc::runtime::{Context, GpuTensor, PassTime, ceilings, ops};
 use serde_json::json;
 
 use super::{CliResult, OpOptions, context, parse_op};
@@ -27,6 +27,10 @@ pub struct BenchArgs {
     /// (and at least 8 runs).
     #[arg(long, default_value_t = 1000)]
     warmup_ms: u64,
+    /// Also time each stage (entry point) of an operator, with timestamps between its
+    /// dispatches; the stage medians are printed under the table and written to the JSON.
+    #[arg(long)]
+    stages: bool,
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -57,14 +61,15 @@ const MAX_COPIES: usize = 16;
 struct Runs {
     iters: usize,
     warmup: Duration,
+    stages: bool,
 }
 
-/// GPU seconds of each of `runs.iters` calls of `f(i)`, from timestamp queries or, without
+/// GPU time of each of `runs.iters` calls of `f(i)`, from timestamp queries or, without
 /// them, host time around a blocking submit. Before timing, `f` runs in batches of
 /// `WARMUP_BATCH`, at least one, for at least `runs.warmup`: on the H200's Vulkan
 /// driver a new pipeline ran 2-5x slower for its first ~200 ms of GPU work, idle time not
 /// counting (docs/PERFORMANCE.md), which a program that runs its kernels for long never sees.
-fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result<()>) -> CliResult<Vec<f64>> {
+fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result<()>) -> CliResult<Vec<PassTime>> {
     let start = Instant::now();
     let mut i = 0;
     loop {
@@ -78,7 +83,7 @@ fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result
         }
     }
     if ctx.capabilities().timestamps {
-        ctx.start_timing(runs.iters as u32)?;
+        ctx.start_timing(runs.iters as u32, runs.stages)?;
         for j in 0..runs.iters {
             f(i + j)?;
         }
@@ -89,7 +94,7 @@ fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result
                 let s = Instant::now();
                 f(i + j)?;
                 ctx.wait()?;
-                Ok(s.elapsed().as_secs_f64())
+                Ok(PassTime { seconds: s.elapsed().as_secs_f64(), stages: Vec::new() })
             })
             .collect()
     }
@@ -98,6 +103,21 @@ fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+fn seconds(runs: &[PassTime]) -> Vec<f64> {
+    runs.iter().map(|r| r.seconds).collect()
+}
+
+/// Each stage's entry point and median seconds over `runs` (every call records the same stages).
+fn stage_medians(runs: &[PassTime]) -> Vec<(&'static str, f64)> {
+    let Some(first) = runs.first() else { return Vec::new() };
+    first
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, &(name, _))| (name, median(runs.iter().filter_map(|r| r.stages.get(i).map(|s| s.1)).collect())))
+        .collect()
 }
 
 struct Ceilings {
@@ -111,13 +131,14 @@ fn measure_ceilings(ctx: &Context, runs: Runs) -> CliResult<Ceilings> {
     let bytes = if cpu { bytes.min(64 << 20) } else { bytes };
     let src = GpuTensor::zeros(ctx, "copy src", &[bytes as usize / 4], DType::F32)?;
     let dst = GpuTensor::zeros(ctx, "copy dst", &[bytes as usize / 4], DType::F32)?;
-    let copy = median(time(ctx, runs, |_| ceilings::copy(ctx, &src, &dst))?);
+    let runs = Runs { stages: false, ..runs };
+    let copy = median(seconds(&time(ctx, runs, |_| ceilings::copy(ctx, &src, &dst))?));
     let (groups, steps) = if cpu { (16, 256) } else { (8192, 4096) };
     let mut flops = 0;
-    let fma = median(time(ctx, Runs { iters: runs.iters.min(20), ..runs }, |_| {
+    let fma = median(seconds(&time(ctx, Runs { iters: runs.iters.min(20), ..runs }, |_| {
         flops = ceilings::fma(ctx, groups, steps)?;
         Ok(())
-    })?);
+    })?));
     Ok(Ceilings { bytes_per_s: 2.0 * bytes as f64 / copy, flops_per_s: flops as f64 / fma })
 }
 
@@ -131,7 +152,7 @@ fn n_copies(bytes_per_copy: u64) -> usize {
 }
 
 /// Times one operator at one shape; `fused` times mhc_pre forward with its fused Sinkhorn.
-fn bench_op(ctx: &Context, op: Op, dims: &Dims, fused: bool, runs: Runs, opts: &Options) -> CliResult<Vec<f64>> {
+fn bench_op(ctx: &Context, op: Op, dims: &Dims, fused: bool, runs: Runs, opts: &Options) -> CliResult<Vec<PassTime>> {
     let mut rng = TensorRng::new(seed_from_env());
     let (t, n, d, m, k) = (dims.t, dims.n, dims.d, dims.m(), dims.k());
     let up = |name: &str, h: &mhc::core::HostTensor| GpuTensor::upload(ctx, name, h);
@@ -237,7 +258,10 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
     if coop {
         println!("mhc_pre forward's projection on f16 cooperative matrices (MHC_COOP=1)");
     }
-    let runs = Runs { iters: a.iters, warmup: Duration::from_millis(a.warmup_ms) };
+    if a.stages && !ctx.capabilities().stage_timestamps {
+        return Err(format!("--stages: {} has no timestamp queries inside passes", info.name).into());
+    }
+    let runs = Runs { iters: a.iters, warmup: Duration::from_millis(a.warmup_ms), stages: a.stages };
     let opts = a.opts.options();
     let ops: Vec<Op> = if a.ops.is_empty() { Op::ALL.to_vec() } else { a.ops.clone() };
     let shapes: Vec<Dims> = if a.shapes.is_empty() {
@@ -263,7 +287,8 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
         for &(op, fused) in &jobs {
             let name = if fused { "pre-forward+sinkhorn".to_string() } else { op.name().to_string() };
             bar.set_message(format!("{name} {},{},{}", dims.t, dims.n, dims.d));
-            let runs = bench_op(&ctx, op, dims, fused, runs, &opts)?;
+            let timed = bench_op(&ctx, op, dims, fused, runs, &opts)?;
+            let runs = seconds(&timed);
             let secs = median(runs.clone());
             let mut cost = op.cost(dims, opts.sinkhorn.iters);
             if fused {
@@ -282,6 +307,7 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
                 "floor_us": floor * 1e6, "x_floor": secs / floor,
                 "bound": if mem_floor >= fma_floor { "memory" } else { "arithmetic" },
                 "runs_us": runs.iter().map(|s| (s * 1e7).round() / 10.0).collect::<Vec<_>>(),
+                "stages": stage_medians(&timed).iter().map(|(e, s)| json!({"entry": e, "us": s * 1e6})).collect::<Vec<_>>(),
             }));
             bar.inc(1);
         }
@@ -309,6 +335,23 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
             r["x_floor"].as_f64().unwrap_or(0.0),
             r["bound"].as_str().unwrap_or(""),
         );
+    }
+    if a.stages {
+        println!("stages (median us; each ends at a timestamp after its dispatches):");
+        for r in &rows {
+            let stages: Vec<String> = r["stages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| format!("{} {:.1}", s["entry"].as_str().unwrap_or(""), s["us"].as_f64().unwrap_or(0.0)))
+                .collect();
+            println!(
+                "{:<22} {:>16}  {}",
+                r["op"].as_str().unwrap_or(""),
+                format!("{},{},{}", r["T"], r["n"], r["D"]),
+                stages.join(", ")
+            );
+        }
     }
     if let Some(path) = &a.json {
         let doc = json!({

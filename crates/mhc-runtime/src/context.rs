@@ -52,6 +52,8 @@ pub struct Capabilities {
     pub subgroup_min_size: u32,
     pub subgroup_max_size: u32,
     pub timestamps: bool,
+    /// Timestamps between the dispatches of a pass (per-stage timing in `mhc bench`).
+    pub stage_timestamps: bool,
     pub f16: bool,
     /// mhc_pre forward's projection runs on cooperative matrices (see
     /// [`ContextOptions::cooperative_matrix`]).
@@ -78,6 +80,7 @@ pub struct Context {
 const WANTED: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
     .union(wgpu::Features::SHADER_F16);
 
 /// What the cooperative-matrix path of mhc_pre forward needs from the device.
@@ -211,6 +214,7 @@ impl Context {
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
             timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            stage_timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             f16: f.contains(wgpu::Features::SHADER_F16),
             cooperative_matrix: opts.cooperative_matrix,
         };

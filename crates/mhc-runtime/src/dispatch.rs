@@ -6,6 +6,7 @@ use std::ops::Range;
 use mhc_core::{Error, Result, TensorMeta};
 use wgpu::util::DeviceExt;
 
+use crate::pipeline::Kernel;
 use crate::{Context, GpuTensor};
 
 /// How a launch splits its `tokens` into ranges that each fit one binding.
@@ -118,15 +119,9 @@ impl Context {
     }
 
     /// Records one dispatch of `groups` workgroups (laid out by [`grid`]).
-    fn dispatch(
-        &self,
-        pass: &mut wgpu::ComputePass<'_>,
-        pipeline: &wgpu::ComputePipeline,
-        bind_group: &wgpu::BindGroup,
-        groups: u32,
-    ) {
+    fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, kernel: &Kernel, bind_group: &wgpu::BindGroup, groups: u32) {
         let (x, y) = grid(groups, self.max_workgroups_per_dimension());
-        pass.set_pipeline(pipeline);
+        pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(x, y, 1);
     }
@@ -138,13 +133,14 @@ impl Context {
         Ok(Chunks { ranges: self.token_chunks(t, &named)?, tokens: t })
     }
 
-    /// Records one dispatch of `pipeline` per chunk, binding each chunk's rows of the per-token
+    /// Records one dispatch of `kernel` per chunk, binding each chunk's rows of the per-token
     /// tensors, the tensors of `whole` entire, and the uniform `params(chunk)` at binding 0.
+    /// The chunks together are one stage of a per-stage timing.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn record_chunks(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
-        pipeline: &wgpu::ComputePipeline,
+        kernel: &Kernel,
         chunks: &Chunks,
         rows: &[(u32, &GpuTensor, &str)],
         whole: &[(u32, &GpuTensor)],
@@ -158,13 +154,14 @@ impl Context {
             for &(slot, tensor, _) in rows {
                 binds.push((slot, Bind::Tokens(tensor, row_bytes(tensor, chunks.tokens), range)));
             }
-            let bg = self.bind_group(pipeline, &binds);
+            let bg = self.bind_group(&kernel.pipeline, &binds);
             let n = u32::try_from(groups(range)).map_err(|_| Error::TooLarge {
                 what: "dispatch".into(),
                 detail: "more workgroups than u32 counts".into(),
             })?;
-            self.dispatch(pass, pipeline, &bg, n);
+            self.dispatch(pass, kernel, &bg, n);
         }
+        self.timer.stage_done(pass, kernel.entry);
         Ok(())
     }
 

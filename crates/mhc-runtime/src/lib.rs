@@ -16,4 +16,5 @@ pub use context::{Capabilities, Context, ContextOptions, adapters};
 pub use mhc_core::TensorMeta;
 pub use mhc_wgsl::Tile;
 pub use tensor::GpuTensor;
+pub use timing::PassTime;
 pub use wgpu;

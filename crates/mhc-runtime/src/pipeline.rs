@@ -14,12 +14,18 @@ pub(crate) struct PipelineCache {
     pipelines: Mutex<HashMap<Key, wgpu::ComputePipeline>>,
 }
 
+/// A compiled entry point; its name labels the stage in per-stage timings.
+pub(crate) struct Kernel {
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) entry: &'static str,
+}
+
 impl crate::Context {
     /// The pipeline of `entry` in `family` specialised by `spec`, compiled on first use.
-    pub(crate) fn pipeline(&self, family: Family, entry: &'static str, spec: &Spec) -> Result<wgpu::ComputePipeline> {
+    pub(crate) fn pipeline(&self, family: Family, entry: &'static str, spec: &Spec) -> Result<Kernel> {
         let key = (family, entry, spec.clone());
         if let Some(p) = self.pipelines.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(p.clone());
+            return Ok(Kernel { pipeline: p.clone(), entry });
         }
         let module = self.module(family, spec)?;
         let pipeline = self.scoped(&format!("compiling {}::{entry}", family.name()), || {
@@ -33,7 +39,7 @@ impl crate::Context {
             }))
         })?;
         self.pipelines.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(key, pipeline.clone());
-        Ok(pipeline)
+        Ok(Kernel { pipeline, entry })
     }
 
     fn module(&self, family: Family, spec: &Spec) -> Result<wgpu::ShaderModule> {

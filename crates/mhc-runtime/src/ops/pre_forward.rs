@@ -5,6 +5,7 @@ use mhc_wgsl::{CoopTile, Family, Tile};
 
 use super::to_u32;
 use crate::dispatch::Chunks;
+use crate::pipeline::Kernel;
 use crate::{Context, GpuTensor};
 
 #[repr(C)]
@@ -188,9 +189,9 @@ struct CoopProjection {
     k: usize,
     // Blocks of a row of phi that phi_top reduces.
     blocks: usize,
-    phi_top: wgpu::ComputePipeline,
-    split_phi: wgpu::ComputePipeline,
-    project: wgpu::ComputePipeline,
+    phi_top: Kernel,
+    split_phi: Kernel,
+    project: Kernel,
     // The largest |phi| of each 2048 columns of each row.
     tops: GpuTensor,
     // f16 halves; the tensor type has no f16, so they are counted as f32 pairs.
