@@ -58,37 +58,30 @@ pub fn execute(op: Op, device: Device<'_>, inputs: &Named, opts: &Options) -> Re
 
 fn cpu(op: Op, inputs: &Named, opts: &Options) -> Result<Vec<(&'static str, HostTensor)>> {
     let g = |name| get(inputs, name);
-    Ok(match op {
+    let outs = match op {
         Op::PreForward => {
             let o = golden::pre_forward(&pre_inputs(inputs)?, &opts.pre)?;
-            vec![
-                ("h_in", o.h_in),
-                ("h_post", o.h_post),
-                ("h_res", o.h_res),
-                ("inv_rms", o.inv_rms),
-                ("h_mix", o.h_mix),
-                ("h_pre", o.h_pre),
-            ]
+            vec![o.h_in, o.h_post, o.h_res, o.inv_rms, o.h_mix, o.h_pre]
         }
         Op::PreBackward => {
             let o = golden::pre_backward(&pre_backward_inputs(inputs)?, &opts.pre)?;
-            vec![("dx", o.dx), ("dphi", o.dphi), ("dalpha", o.dalpha), ("dbias", o.dbias), ("dgamma", o.dgamma)]
+            vec![o.dx, o.dphi, o.dalpha, o.dbias, o.dgamma]
         }
-        Op::SinkhornForward => vec![("out", golden::sinkhorn_forward(g("logits")?, &opts.sinkhorn)?)],
-        Op::SinkhornBackward => {
-            vec![("d_logits", golden::sinkhorn_backward(g("logits")?, g("d_out")?, &opts.sinkhorn)?)]
-        }
-        Op::PostForward => vec![("out", golden::post_forward(&post_inputs(inputs)?)?)],
+        Op::SinkhornForward => vec![golden::sinkhorn_forward(g("logits")?, &opts.sinkhorn)?],
+        Op::SinkhornBackward => vec![golden::sinkhorn_backward(g("logits")?, g("d_out")?, &opts.sinkhorn)?],
+        Op::PostForward => vec![golden::post_forward(&post_inputs(inputs)?)?],
         Op::PostBackward => {
             let o = golden::post_backward(&post_inputs(inputs)?, g("d_out")?)?;
-            vec![
-                ("dx", o.dx),
-                ("dresidual", o.dresidual),
-                ("dpost_layer_mix", o.dpost_layer_mix),
-                ("dcomb_res_mix", o.dcomb_res_mix),
-            ]
+            vec![o.dx, o.dresidual, o.dpost_layer_mix, o.dcomb_res_mix]
         }
-    })
+    };
+    Ok(named(op, outs))
+}
+
+/// Pairs `values`, given in SPEC.md's order, with the names of `op`'s outputs.
+fn named<T>(op: Op, values: Vec<T>) -> Vec<(&'static str, T)> {
+    debug_assert_eq!(values.len(), op.outputs().len(), "outputs of {}", op.name());
+    op.outputs().iter().copied().zip(values).collect()
 }
 
 // Input structs from tensors by name, host or GPU alike.
@@ -150,38 +143,24 @@ fn gpu(ctx: &Context, op: Op, inputs: &Named, opts: &Options) -> Result<Vec<(&'s
         up.insert(name.clone(), GpuTensor::upload(ctx, name, t)?);
     }
     let g = |name| get(&up, name);
-    let outs: Vec<(&'static str, GpuTensor)> = match op {
+    let outs: Vec<GpuTensor> = match op {
         Op::PreForward => {
             let o = ops::pre_forward(ctx, &pre_inputs(&up)?, &opts.pre, None)?;
-            vec![
-                ("h_in", o.h_in),
-                ("h_post", o.h_post),
-                ("h_res", o.h_res),
-                ("inv_rms", o.inv_rms),
-                ("h_mix", o.h_mix),
-                ("h_pre", o.h_pre),
-            ]
+            vec![o.h_in, o.h_post, o.h_res, o.inv_rms, o.h_mix, o.h_pre]
         }
         Op::PreBackward => {
             let o = ops::pre_backward(ctx, &pre_backward_inputs(&up)?, &opts.pre)?;
-            vec![("dx", o.dx), ("dphi", o.dphi), ("dalpha", o.dalpha), ("dbias", o.dbias), ("dgamma", o.dgamma)]
+            vec![o.dx, o.dphi, o.dalpha, o.dbias, o.dgamma]
         }
-        Op::SinkhornForward => vec![("out", ops::sinkhorn_forward(ctx, g("logits")?, &opts.sinkhorn)?)],
-        Op::SinkhornBackward => {
-            vec![("d_logits", ops::sinkhorn_backward(ctx, g("logits")?, g("d_out")?, &opts.sinkhorn)?)]
-        }
-        Op::PostForward => vec![("out", ops::post_forward(ctx, &post_inputs(&up)?)?)],
+        Op::SinkhornForward => vec![ops::sinkhorn_forward(ctx, g("logits")?, &opts.sinkhorn)?],
+        Op::SinkhornBackward => vec![ops::sinkhorn_backward(ctx, g("logits")?, g("d_out")?, &opts.sinkhorn)?],
+        Op::PostForward => vec![ops::post_forward(ctx, &post_inputs(&up)?)?],
         Op::PostBackward => {
             let o = ops::post_backward(ctx, &post_inputs(&up)?, g("d_out")?)?;
-            vec![
-                ("dx", o.dx),
-                ("dresidual", o.dresidual),
-                ("dpost_layer_mix", o.dpost_layer_mix),
-                ("dcomb_res_mix", o.dcomb_res_mix),
-            ]
+            vec![o.dx, o.dresidual, o.dpost_layer_mix, o.dcomb_res_mix]
         }
     };
-    outs.into_iter().map(|(name, t)| Ok((name, t.read(ctx)?))).collect()
+    named(op, outs).into_iter().map(|(name, t)| Ok((name, t.read(ctx)?))).collect()
 }
 
 /// The unrounded f64 reference of each output, with its SPEC.md tolerance: what `mhc check`
@@ -190,7 +169,7 @@ pub fn reference(op: Op, inputs: &Named, opts: &Options) -> Result<Vec<(&'static
     let f = |name| get(inputs, name).map(HostTensor::to_f64);
     let gamma = inputs.get("gamma").map(HostTensor::to_f64);
     let (bf16, f32) = (Tolerance::for_dtype(DType::BF16), Tolerance::for_dtype(DType::F32));
-    Ok(match op {
+    let refs = match op {
         Op::PreForward => {
             let dims = pre_inputs(inputs)?.validate()?;
             let r = golden::pre_forward_f64(
@@ -202,14 +181,7 @@ pub fn reference(op: Op, inputs: &Named, opts: &Options) -> Result<Vec<(&'static
                 gamma.as_deref(),
                 &opts.pre,
             );
-            vec![
-                ("h_in", r.h_in, bf16),
-                ("h_post", r.h_post, f32),
-                ("h_res", r.h_res, f32),
-                ("inv_rms", r.inv_rms, f32),
-                ("h_mix", r.h_mix, f32),
-                ("h_pre", r.h_pre, f32),
-            ]
+            vec![(r.h_in, bf16), (r.h_post, f32), (r.h_res, f32), (r.inv_rms, f32), (r.h_mix, f32), (r.h_pre, f32)]
         }
         Op::PreBackward => {
             let dims = pre_backward_inputs(inputs)?.validate()?;
@@ -226,39 +198,29 @@ pub fn reference(op: Op, inputs: &Named, opts: &Options) -> Result<Vec<(&'static
                 &f("dh_res")?,
                 &opts.pre,
             );
-            vec![
-                ("dx", r.dx, bf16),
-                ("dphi", r.dphi, f32),
-                ("dalpha", r.dalpha, f32),
-                ("dbias", r.dbias, f32),
-                ("dgamma", r.dgamma, f32),
-            ]
+            vec![(r.dx, bf16), (r.dphi, f32), (r.dalpha, f32), (r.dbias, f32), (r.dgamma, f32)]
         }
         Op::SinkhornForward | Op::SinkhornBackward => {
             let n = crate::core::shape::sinkhorn_dims("logits", get(inputs, "logits")?)?.n;
             if op == Op::SinkhornForward {
-                vec![("out", golden::sinkhorn_forward_f64(n, &f("logits")?, &opts.sinkhorn), f32)]
+                vec![(golden::sinkhorn_forward_f64(n, &f("logits")?, &opts.sinkhorn), f32)]
             } else {
                 let r = golden::sinkhorn_backward_f64(n, &f("logits")?, &f("d_out")?, &opts.sinkhorn);
-                vec![("d_logits", r, Tolerance::sinkhorn_backward())]
+                vec![(r, Tolerance::sinkhorn_backward())]
             }
         }
         Op::PostForward | Op::PostBackward => {
             let dims: Dims = post_inputs(inputs)?.validate()?;
             let (x, res, plm, comb) = (f("x")?, f("residual")?, f("post_layer_mix")?, f("comb_res_mix")?);
             if op == Op::PostForward {
-                vec![("out", golden::post_forward_f64(&dims, &x, &res, &plm, &comb), bf16)]
+                vec![(golden::post_forward_f64(&dims, &x, &res, &plm, &comb), bf16)]
             } else {
                 let r = golden::post_backward_f64(&dims, &x, &res, &plm, &comb, &f("d_out")?);
-                vec![
-                    ("dx", r.dx, bf16),
-                    ("dresidual", r.dresidual, bf16),
-                    ("dpost_layer_mix", r.dpost_layer_mix, f32),
-                    ("dcomb_res_mix", r.dcomb_res_mix, f32),
-                ]
+                vec![(r.dx, bf16), (r.dresidual, bf16), (r.dpost_layer_mix, f32), (r.dcomb_res_mix, f32)]
             }
         }
-    })
+    };
+    Ok(named(op, refs).into_iter().map(|(name, (v, tol))| (name, v, tol)).collect())
 }
 
 /// Random inputs of `op` at `dims` (n x n logits for Sinkhorn), from `seed`.
