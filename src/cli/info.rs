@@ -17,7 +17,14 @@ pub fn info() -> CliResult<ExitCode> {
         if c.subgroups { "yes" } else { "no" },
         if c.subgroups { format!(", size {}..={}", c.subgroup_min_size, c.subgroup_max_size) } else { String::new() }
     );
-    println!("  timestamp queries: {}", if c.timestamps { "yes" } else { "no (bench falls back to host timing)" });
+    println!(
+        "  timestamp queries: {}",
+        match (c.timestamps, c.stage_timestamps) {
+            (true, true) => "yes, also inside passes (bench --stages)",
+            (true, false) => "yes, not inside passes (no bench --stages)",
+            _ => "no (bench falls back to host timing)",
+        }
+    );
     println!("  shader f16: {}", if c.f16 { "yes" } else { "no" });
     println!(
         "  cooperative matrices for mhc_pre forward: {}",
