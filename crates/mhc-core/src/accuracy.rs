@@ -42,6 +42,7 @@ pub struct Comparison {
 }
 
 impl Comparison {
+    /// Within the tolerance.
     pub fn passed(&self) -> bool {
         self.failure.is_none()
     }

@@ -4,11 +4,14 @@ use std::fmt;
 /// per-token outputs in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// bfloat16, two bytes, rounded to nearest-even when produced.
     BF16,
+    /// IEEE single precision.
     F32,
 }
 
 impl DType {
+    /// Bytes an element.
     pub fn size_bytes(self) -> usize {
         match self {
             DType::BF16 => 2,

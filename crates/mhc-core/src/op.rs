@@ -4,6 +4,7 @@
 use crate::Dims;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The operators of SPEC.md, as `mhc run`, `check` and `bench` name them.
 pub enum Op {
     PreForward,
     PreBackward,
@@ -23,9 +24,11 @@ pub struct Cost {
 }
 
 impl Op {
+    /// Every operator, in SPEC.md's order.
     pub const ALL: [Op; 6] =
         [Op::PreForward, Op::PreBackward, Op::SinkhornForward, Op::SinkhornBackward, Op::PostForward, Op::PostBackward];
 
+    /// The command-line name (`pre-forward`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Op::PreForward => "pre-forward",
@@ -37,6 +40,7 @@ impl Op {
         }
     }
 
+    /// The operator of a command-line name.
     pub fn from_name(name: &str) -> Option<Op> {
         Op::ALL.into_iter().find(|op| op.name() == name)
     }
@@ -56,6 +60,7 @@ impl Op {
         }
     }
 
+    /// The inputs that may be absent.
     pub fn optional_inputs(self) -> &'static [&'static str] {
         match self {
             Op::PreForward | Op::PreBackward => &["gamma"],
@@ -63,6 +68,7 @@ impl Op {
         }
     }
 
+    /// Output tensors in SPEC.md's order.
     pub fn outputs(self) -> &'static [&'static str] {
         match self {
             Op::PreForward => &["h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre"],

@@ -19,6 +19,7 @@ pub fn seed_from_env() -> u64 {
 pub struct TensorRng(StdRng);
 
 impl TensorRng {
+    /// A generator that replays the same tensors for the same seed.
     pub fn new(seed: u64) -> Self {
         Self(StdRng::seed_from_u64(seed))
     }
@@ -50,6 +51,7 @@ pub struct PreInputs {
 }
 
 impl PreInputs {
+    /// Random inputs at `dims`, scaled like a trained layer's.
     pub fn random(rng: &mut TensorRng, dims: &Dims, with_gamma: bool) -> Self {
         let (n, d, m, k) = (dims.n, dims.d, dims.m(), dims.k());
         // phi scaled so that h_mix * inv_rms is O(1), as in a trained layer.
@@ -64,6 +66,7 @@ impl PreInputs {
         }
     }
 
+    /// The inputs by reference, as the operators take them.
     pub fn inputs(&self) -> PreForwardInputs<'_, HostTensor> {
         PreForwardInputs {
             x: &self.x,
@@ -99,6 +102,7 @@ impl PreBackwardData {
         }
     }
 
+    /// The inputs by reference, as the operators take them.
     pub fn inputs(&self) -> PreBackwardInputs<'_, HostTensor> {
         PreBackwardInputs {
             fwd: self.fwd.inputs(),
@@ -134,6 +138,7 @@ impl PostInputs {
         }
     }
 
+    /// The inputs by reference, as the operators take them.
     pub fn inputs(&self) -> PostForwardInputs<'_, HostTensor> {
         PostForwardInputs {
             x: &self.x,

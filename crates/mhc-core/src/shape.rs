@@ -11,8 +11,11 @@ pub const MAX_STREAMS: usize = 8;
 pub struct Dims {
     /// The leading dims of `x`, restored on outputs; their product is `t`.
     pub lead: Vec<usize>,
+    /// Tokens.
     pub t: usize,
+    /// Streams a token (hc_mult).
     pub n: usize,
+    /// Width of a stream (the model's hidden size).
     pub d: usize,
 }
 
@@ -22,6 +25,7 @@ impl Dims {
         Self::with_lead(vec![t], n, d)
     }
 
+    /// Like [`Dims::new`] with the tokens given as leading dims (say `[batch, seq]`).
     pub fn with_lead(lead: Vec<usize>, n: usize, d: usize) -> Result<Self> {
         let t: usize = lead.iter().product();
         let mut shape = lead.clone();
@@ -78,6 +82,7 @@ fn fmt_dims(d: &[usize]) -> String {
     parts.join(", ")
 }
 
+/// Checks that tensor `name` has element type `dtype`.
 pub fn expect_dtype(name: &str, t: &dyn TensorMeta, dtype: DType) -> Result<()> {
     if t.dtype() != dtype {
         return Err(Error::DType { tensor: name.into(), expected: dtype, actual: t.dtype() });
@@ -122,6 +127,7 @@ pub struct PreForwardInputs<'a, T> {
 }
 
 impl<T: TensorMeta> PreForwardInputs<'_, T> {
+    /// The layer's dims, or an error naming the first tensor whose shape or dtype does not fit.
     pub fn validate(&self) -> Result<Dims> {
         let dims = Dims::from_streams("x", self.x)?;
         let (m, k) = (dims.m(), dims.k());
@@ -150,6 +156,7 @@ pub struct PreBackwardInputs<'a, T> {
 }
 
 impl<T: TensorMeta> PreBackwardInputs<'_, T> {
+    /// The layer's dims, or an error naming the first tensor whose shape or dtype does not fit.
     pub fn validate(&self) -> Result<Dims> {
         let dims = self.fwd.validate()?;
         let (t, n) = (dims.t, dims.n);
@@ -185,6 +192,7 @@ pub struct PostForwardInputs<'a, T> {
 }
 
 impl<T: TensorMeta> PostForwardInputs<'_, T> {
+    /// The layer's dims, or an error naming the first tensor whose shape or dtype does not fit.
     pub fn validate(&self) -> Result<Dims> {
         let dims = Dims::from_streams("residual", self.residual)?;
         let (t, n) = (dims.t, dims.n);
@@ -207,7 +215,9 @@ pub fn post_backward_dims<T: TensorMeta>(fwd: &PostForwardInputs<'_, T>, d_out: 
 /// Scalar options of mhc_pre (SPEC.md section 1).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PreParams {
+    /// Added to the mean square before the inverse square root of RMSNorm.
     pub norm_eps: f32,
+    /// Added to the sigmoid of h_pre.
     pub hc_eps: f32,
     /// Scale of the h_post gate: 2.0 in the paper, 1.0 in DeepSeek's library.
     pub post_mult: f32,
@@ -220,6 +230,7 @@ impl Default for PreParams {
 }
 
 impl PreParams {
+    /// An [`Error::Param`] for the first option out of range.
     pub fn validate(&self) -> Result<()> {
         if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
             return Err(Error::param("norm_eps", format!("must be finite and >= 0, got {}", self.norm_eps)));
@@ -237,7 +248,9 @@ impl PreParams {
 /// Options of the Sinkhorn-Knopp projection (SPEC.md section 3).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SinkhornParams {
+    /// Row-and-column normalisations.
     pub iters: u32,
+    /// Added to the softmax, and to each row and column sum before dividing by it.
     pub eps: f32,
 }
 
@@ -248,6 +261,7 @@ impl Default for SinkhornParams {
 }
 
 impl SinkhornParams {
+    /// An [`Error::Param`] for the first option out of range.
     pub fn validate(&self) -> Result<()> {
         if self.iters == 0 {
             return Err(Error::param("sinkhorn_iters", "must be >= 1, got 0"));

@@ -4,14 +4,18 @@ use crate::{DType, Error, Result};
 
 /// Shape and dtype of a tensor, host or GPU: what validation looks at.
 pub trait TensorMeta {
+    /// Dimensions, outermost first.
     fn shape(&self) -> &[usize];
+    /// Element type.
     fn dtype(&self) -> DType;
+    /// Number of elements.
     fn numel(&self) -> usize {
         self.shape().iter().product()
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// The elements of a [`HostTensor`], by dtype.
 pub enum HostData {
     BF16(Vec<bf16>),
     F32(Vec<f32>),
@@ -61,12 +65,14 @@ fn bf16_from_f64(v: f64) -> bf16 {
 }
 
 impl HostTensor {
+    /// A tensor of `shape` holding `data` (an error if the sizes differ).
     pub fn from_bf16(shape: impl Into<Vec<usize>>, data: Vec<bf16>) -> Result<Self> {
         let shape = shape.into();
         check_len(&shape, data.len())?;
         Ok(Self { shape, data: HostData::BF16(data) })
     }
 
+    /// A tensor of `shape` holding `data` (an error if the sizes differ).
     pub fn from_f32(shape: impl Into<Vec<usize>>, data: Vec<f32>) -> Result<Self> {
         let shape = shape.into();
         check_len(&shape, data.len())?;
@@ -105,14 +111,17 @@ impl HostTensor {
         Ok(Self { shape, data })
     }
 
+    /// The shape as an owned vector.
     pub fn shape_vec(&self) -> Vec<usize> {
         self.shape.clone()
     }
 
+    /// The elements.
     pub fn data(&self) -> &HostData {
         &self.data
     }
 
+    /// The elements if the tensor is bf16.
     pub fn as_bf16(&self) -> Option<&[bf16]> {
         match &self.data {
             HostData::BF16(v) => Some(v),
@@ -120,6 +129,7 @@ impl HostTensor {
         }
     }
 
+    /// The elements if the tensor is f32.
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.data {
             HostData::F32(v) => Some(v),
@@ -135,6 +145,7 @@ impl HostTensor {
         }
     }
 
+    /// The elements widened to f64 (exact for both dtypes).
     pub fn to_f64(&self) -> Vec<f64> {
         match &self.data {
             HostData::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),

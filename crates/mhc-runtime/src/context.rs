@@ -10,6 +10,7 @@ use crate::pipeline::PipelineCache;
 /// How [`Context::with_options`] picks and configures a device.
 #[derive(Debug, Clone)]
 pub struct ContextOptions {
+    /// Which adapter to prefer where `WGPU_ADAPTER_NAME` does not name one.
     pub power_preference: wgpu::PowerPreference,
     /// Use subgroup operations where the adapter has them (the shared-memory path otherwise).
     pub use_subgroups: bool,
@@ -48,12 +49,16 @@ impl Default for ContextOptions {
 /// The optional features mhc found and uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
+    /// Kernels use subgroup operations (the adapter has them and the options allow them).
     pub subgroups: bool,
+    /// The adapter's subgroup sizes (8 on lavapipe, 32 on NVIDIA); kernels never assume one.
     pub subgroup_min_size: u32,
     pub subgroup_max_size: u32,
+    /// Timestamp queries around passes (GPU times in `mhc bench`).
     pub timestamps: bool,
     /// Timestamps between the dispatches of a pass (per-stage timing in `mhc bench`).
     pub stage_timestamps: bool,
+    /// WGSL's `f16` type (needed by the cooperative-matrix path).
     pub f16: bool,
     /// mhc_pre forward's projection runs on cooperative matrices (see
     /// [`ContextOptions::cooperative_matrix`]).
@@ -136,6 +141,8 @@ impl Context {
         })
     }
 
+    /// A context on the adapter `WGPU_ADAPTER_NAME` names, else the one `opts` prefers; fails
+    /// with [`Error::Gpu`] where there is none or it lacks what `opts` asks for.
     pub fn with_options(opts: ContextOptions) -> Result<Self> {
         let instance = instance();
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
@@ -246,18 +253,22 @@ impl Context {
         })
     }
 
+    /// The adapter's name, backend, device type and driver.
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.info
     }
 
+    /// The optional features the kernels use on this device.
     pub fn capabilities(&self) -> Capabilities {
         self.caps
     }
 
+    /// The wgpu device, for a program that records its own work beside mhc's.
     pub fn device(&self) -> &wgpu::Device {
         &self.device
     }
 
+    /// The queue mhc submits to.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
     }

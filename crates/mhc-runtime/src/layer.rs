@@ -115,26 +115,32 @@ impl MhcPre {
         Ok(Self { phi, alpha, bias, gamma, params, sinkhorn, n, d })
     }
 
+    /// The projection weights `[M, K]` (updated in place by `sgd_step`).
     pub fn phi(&self) -> &GpuTensor {
         &self.phi
     }
 
+    /// The three gate scales.
     pub fn alpha(&self) -> &GpuTensor {
         &self.alpha
     }
 
+    /// The gate biases `[M]`.
     pub fn bias(&self) -> &GpuTensor {
         &self.bias
     }
 
+    /// The RMSNorm weight `[n, D]`, if the layer has one.
     pub fn gamma(&self) -> Option<&GpuTensor> {
         self.gamma.as_ref()
     }
 
+    /// The scalar options.
     pub fn params(&self) -> &PreParams {
         &self.params
     }
 
+    /// The fused Sinkhorn's options, if h_res is projected in the forward.
     pub fn sinkhorn(&self) -> Option<&SinkhornParams> {
         self.sinkhorn.as_ref()
     }

@@ -85,6 +85,7 @@ impl GpuTensor {
         Ok(Self { buffer, shape: shape.to_vec(), dtype })
     }
 
+    /// The storage buffer holding the elements (bf16 packed two to a u32, little-endian).
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }

@@ -13,6 +13,7 @@ const MAX_STAGES: u32 = 8;
 /// The GPU time of one operator call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PassTime {
+    /// From the pass's first dispatch to the end of its last.
     pub seconds: f64,
     /// Each stage's entry point and seconds, in recording order; empty unless timed by stage.
     pub stages: Vec<(&'static str, f64)>,

@@ -29,6 +29,7 @@ pub struct PostGradsF64 {
     pub dcomb_res_mix: Vec<f64>,
 }
 
+/// mhc_post backward in f64 (SPEC.md section 4), unrounded: what results are compared against.
 pub fn post_backward_f64(
     dims: &Dims,
     x: &[f64],
@@ -86,6 +87,7 @@ pub struct PostGrads {
     pub dcomb_res_mix: HostTensor,
 }
 
+/// mhc_post backward on the host: the f64 reference rounded like the GPU's outputs.
 pub fn post_backward(inp: &PostForwardInputs<'_, HostTensor>, d_out: &HostTensor) -> Result<PostGrads> {
     let dims = post_backward_dims(inp, d_out)?;
     let g = post_backward_f64(

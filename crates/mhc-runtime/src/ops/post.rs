@@ -20,6 +20,8 @@ pub fn post_forward(ctx: &Context, inp: &PostForwardInputs<'_, GpuTensor>) -> Re
     Ok(out)
 }
 
+/// [`post_forward`] into an existing `out` (bf16, `[..., n, D]`), so that a model's steady
+/// state allocates nothing.
 pub fn post_forward_into(ctx: &Context, inp: &PostForwardInputs<'_, GpuTensor>, out: &GpuTensor) -> Result<()> {
     let dims = inp.validate()?;
     expect_per_token("out", out, DType::BF16, dims.t, &[dims.n, dims.d])?;
@@ -46,6 +48,7 @@ pub struct PostBackwardOutputs {
 }
 
 impl PostBackwardOutputs {
+    /// Zeroed gradients for `dims`; dpost_layer_mix takes `post_layer_mix_shape`.
     pub fn zeros(ctx: &Context, dims: &Dims, post_layer_mix_shape: &[usize]) -> Result<Self> {
         let (n, d) = (dims.n, dims.d);
         Ok(Self {
@@ -57,6 +60,7 @@ impl PostBackwardOutputs {
     }
 }
 
+/// mhc_post backward from `d_out` `[..., n, D]` bf16 (SPEC.md section 4).
 pub fn post_backward(
     ctx: &Context,
     inp: &PostForwardInputs<'_, GpuTensor>,
@@ -68,6 +72,7 @@ pub fn post_backward(
     Ok(out)
 }
 
+/// [`post_backward`] into existing gradient tensors.
 pub fn post_backward_into(
     ctx: &Context,
     inp: &PostForwardInputs<'_, GpuTensor>,

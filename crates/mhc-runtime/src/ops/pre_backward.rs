@@ -29,6 +29,7 @@ pub struct PreBackwardOutputs {
 }
 
 impl PreBackwardOutputs {
+    /// Zeroed gradients for `dims` (dx keeps x's leading dims).
     pub fn zeros(ctx: &Context, dims: &Dims) -> Result<Self> {
         let (n, d, m, k) = (dims.n, dims.d, dims.m(), dims.k());
         Ok(Self {
@@ -55,6 +56,10 @@ const COLS_TARGET_GROUPS: usize = 1024;
 /// Bytes of dphi partial sums the `cols` pass may keep (one slice per token segment).
 const PARTIALS_BUDGET: u64 = 64 << 20;
 
+/// mhc_pre backward: the gradients of x and of the weights from dh_in, dh_post and dh_res and
+/// the tensors mhc_pre forward saved (SPEC.md section 2). dh_res is the gradient of the h_res
+/// logits: after a fused Sinkhorn, turn the projection's gradient into it with
+/// [`super::sinkhorn_backward`] first (the layer API does).
 pub fn pre_backward(
     ctx: &Context,
     inp: &PreBackwardInputs<'_, GpuTensor>,

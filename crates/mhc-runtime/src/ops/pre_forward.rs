@@ -95,6 +95,8 @@ pub fn pre_forward(
     Ok(out)
 }
 
+/// [`pre_forward`] into existing outputs (see [`PreForwardOutputs::zeros`]); `h_res_logits`
+/// must be present when `sinkhorn` is set.
 pub fn pre_forward_into(
     ctx: &Context,
     inp: &PreForwardInputs<'_, GpuTensor>,

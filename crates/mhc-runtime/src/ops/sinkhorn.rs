@@ -22,6 +22,7 @@ pub fn sinkhorn_forward(ctx: &Context, logits: &GpuTensor, p: &SinkhornParams) -
     Ok(out)
 }
 
+/// [`sinkhorn_forward`] into an existing `out` (f32, shaped like `logits`).
 pub fn sinkhorn_forward_into(ctx: &Context, logits: &GpuTensor, out: &GpuTensor, p: &SinkhornParams) -> Result<()> {
     let dims = sinkhorn_dims("logits", logits)?;
     expect_per_token("out", out, DType::F32, dims.t, &[dims.n, dims.n])?;
@@ -41,6 +42,7 @@ pub fn sinkhorn_backward(
     Ok(out)
 }
 
+/// [`sinkhorn_backward`] into an existing `d_logits` (f32, shaped like `logits`).
 pub fn sinkhorn_backward_into(
     ctx: &Context,
     logits: &GpuTensor,
