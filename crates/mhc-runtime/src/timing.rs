@@ -31,9 +31,14 @@ pub(crate) struct Timer {
     recording: bool,
 }
 
+/// Queries a pass takes: begin and end, and with `stages` one after each stage.
+fn queries_per_pass(stages: bool) -> u32 {
+    if stages { 2 + MAX_STAGES } else { 2 }
+}
+
 impl Timer {
     fn per_pass(&self) -> u32 {
-        if self.stages { 2 + MAX_STAGES } else { 2 }
+        queries_per_pass(self.stages)
     }
 }
 
@@ -76,12 +81,11 @@ impl Context {
         if stages && !self.capabilities().stage_timestamps {
             return Err(Error::gpu("timing by stage", "the adapter has no timestamp queries inside passes"));
         }
-        let per_pass = if stages { 2 + MAX_STAGES } else { 2 };
         let set = self.scoped("timestamp queries", || {
             Ok(self.device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("mhc timing"),
                 ty: wgpu::QueryType::Timestamp,
-                count: per_pass * passes.max(1),
+                count: queries_per_pass(stages) * passes.max(1),
             }))
         })?;
         let timer = Timer { set, capacity: passes, stages, passes: Vec::new(), recording: false };
