@@ -152,10 +152,14 @@ pub fn pre_forward_coop(n: u32, d: u32, tile: CoopTile) -> Spec {
 /// mhc_pre backward: `rows`, `cols` and the two `finish` entry points share this spec.
 pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
     let tb = 8;
+    let pair = d.is_multiple_of(2) && m_of(n) <= 24;
     base(n, d, 128, target)
         .with("TB", tb)
         .with("NV", tb * n)
-        .with("CHT", 32)
+        // Tokens `cols` stages at a time (one barrier each): 64 was 0-1.5% faster than 32 on an
+        // H200 at n = 4. Kept at 32 for larger M, whose scalars would pass the 16 KB of
+        // workgroup memory every adapter has.
+        .with("CHT", if pair { 64 } else { 32 })
         // Tokens a step of `cols`, their loads issued together. On an H200 one token a step
         // left `cols` waiting on memory latency; 2, 4 and 8 took pre backward at 16384/4096
         // from 2300 us to 2104, 1765 and 1529 us (docs/PERFORMANCE.md).
@@ -163,7 +167,7 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
         .with("TV", (m_of(n) + 4) / 4)
         .flag("HAS_GAMMA", has_gamma)
         // Two columns an invocation doubles the registers held for phi: only for small M.
-        .flag("PAIR", d.is_multiple_of(2) && m_of(n) <= 24)
+        .flag("PAIR", pair)
 }
 
 /// mhc_post forward, or its backward. The backward reduces N + NN sums a token over its
