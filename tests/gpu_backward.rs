@@ -163,6 +163,8 @@ fn post_backward_matches_golden_over_shapes() {
     }
     run_post_backward(ctx(), 1, 4, 64, false);
     run_post_backward(ctx_portable(), 7, 4, 24, false);
+    // D = 1040: 130 column blocks of 8 for 64 invocations, so each takes two or three.
+    run_post_backward(ctx(), 3, 4, 1040, false);
 }
 
 /// 530,000 tokens at one a workgroup need 530,000 workgroups: more than one grid dimension.
