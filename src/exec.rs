@@ -19,13 +19,16 @@ pub type Named = BTreeMap<String, HostTensor>;
 pub enum Device<'a> {
     /// The golden f64 reference, rounded like the GPU's outputs.
     Cpu,
+    /// The WGSL kernels on this context's device.
     Gpu(&'a Context),
 }
 
 /// The scalar options of every operator (SPEC.md section 6).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
+    /// Options of mhc_pre forward and backward.
     pub pre: PreParams,
+    /// Options of Sinkhorn forward and backward.
     pub sinkhorn: SinkhornParams,
 }
 

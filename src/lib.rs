@@ -5,6 +5,8 @@
 //! - [`wgsl`]: the WGSL kernels and their specialisation.
 //! - [`runtime`]: the wgpu context, GPU tensors and the operators ([`runtime::ops`]).
 
+#![warn(missing_docs)]
+
 pub mod exec;
 
 pub use mhc_core as core;

@@ -9,6 +9,7 @@ pub struct Tolerance {
     pub norm: f64,
     /// Every element: `|out - ref| <= rel * |ref| + abs_of_max * max|ref|`.
     pub rel: f64,
+    /// The absolute part of that element bound, as a fraction of `max|ref|`.
     pub abs_of_max: f64,
 }
 
@@ -30,6 +31,7 @@ impl Tolerance {
 /// How one output compared with its reference.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
+    /// The output's name (`h_in`, `dphi`, ...).
     pub tensor: String,
     /// The largest `|out - ref|`.
     pub max_abs_err: f64,

@@ -6,26 +6,63 @@ use crate::DType;
 pub enum Error {
     /// A tensor's shape does not fit the operator (`expected` describes what would).
     #[error("{tensor}: expected shape {expected}, got {actual:?}")]
-    Shape { tensor: String, expected: String, actual: Vec<usize> },
+    Shape {
+        /// The tensor's name, as the operator (or file) calls it.
+        tensor: String,
+        /// The shapes that would fit, in words (say `[..., n, D] with 1 <= n <= 8`).
+        expected: String,
+        /// The shape it has.
+        actual: Vec<usize>,
+    },
     /// A tensor has the wrong element type.
     #[error("{tensor}: expected dtype {expected}, got {actual}")]
-    DType { tensor: String, expected: DType, actual: DType },
+    DType {
+        /// The tensor's name.
+        tensor: String,
+        /// The dtype the operator takes.
+        expected: DType,
+        /// The dtype it has.
+        actual: DType,
+    },
     /// A required tensor was not given (by name, in files and `mhc::exec`).
     #[error("{tensor}: required tensor is missing")]
-    Missing { tensor: String },
+    Missing {
+        /// The missing tensor's name, at times with why it is needed.
+        tensor: String,
+    },
     /// A tensor's bytes or name are unusable: wrong length, not an input of the operator.
     #[error("{tensor}: {detail}")]
-    Data { tensor: String, detail: String },
+    Data {
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// A scalar option is out of range (say a negative epsilon or zero Sinkhorn iterations).
     #[error("parameter {name}: {detail}")]
-    Param { name: String, detail: String },
+    Param {
+        /// The option or environment variable (say `sinkhorn_iters`, `lr`, `MHC_COOP`).
+        name: String,
+        /// The range it must be in and the value it had.
+        detail: String,
+    },
     /// An input exceeds what the device (or a u32 index) can address, even split over tokens.
     #[error("{what} is too large: {detail}")]
-    TooLarge { what: String, detail: String },
+    TooLarge {
+        /// The tensor (by name) or the dispatch that is too large.
+        what: String,
+        /// Its size and the limit it exceeds.
+        detail: String,
+    },
     /// The GPU failed: no adapter, a missing feature, a validation or out-of-memory error
     /// caught by an error scope, a lost device. `context` says what mhc was doing.
     #[error("GPU {context}: {detail}")]
-    Gpu { context: String, detail: String },
+    Gpu {
+        /// What mhc was doing (say `device request`, `readback`, `allocating x`).
+        context: String,
+        /// What went wrong: wgpu's message, or mhc's own.
+        detail: String,
+    },
 }
 
 /// mhc's result type.

@@ -1,6 +1,8 @@
 //! Core of mhc: shapes and their validation, errors, host tensors, and the golden CPU reference
 //! of DeepSeek's mHC operators (see SPEC.md).
 
+#![warn(missing_docs)]
+
 #[cfg(target_endian = "big")]
 compile_error!("mhc exchanges tensors as little-endian bytes and supports little-endian hosts only");
 

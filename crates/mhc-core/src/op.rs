@@ -6,11 +6,17 @@ use crate::Dims;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 /// The operators of SPEC.md, as `mhc run`, `check` and `bench` name them.
 pub enum Op {
+    /// mhc_pre forward (section 1).
     PreForward,
+    /// mhc_pre backward (section 2).
     PreBackward,
+    /// The Sinkhorn-Knopp projection of h_res logits (section 3).
     SinkhornForward,
+    /// The gradient of the logits through that projection (section 3).
     SinkhornBackward,
+    /// mhc_post forward (section 4).
     PostForward,
+    /// mhc_post backward (section 4).
     PostBackward,
 }
 

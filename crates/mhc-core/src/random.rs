@@ -43,10 +43,15 @@ impl TensorRng {
 
 /// Owned inputs of mhc_pre forward.
 pub struct PreInputs {
+    /// The n streams of each token, bf16 `[..., n, D]`.
     pub x: HostTensor,
+    /// Projection weights, f32 `[M, K]`.
     pub phi: HostTensor,
+    /// Gate scales, f32 `[3]`.
     pub alpha: HostTensor,
+    /// Gate biases, f32 `[M]`.
     pub bias: HostTensor,
+    /// RMSNorm weight, f32 `[n, D]`, when asked for.
     pub gamma: Option<HostTensor>,
 }
 
@@ -81,14 +86,21 @@ impl PreInputs {
 /// Owned inputs of mhc_pre backward: the forward's inputs, its saved tensors (from the golden
 /// forward) and random output gradients.
 pub struct PreBackwardData {
+    /// The forward's inputs.
     pub fwd: PreInputs,
+    /// The golden forward's outputs; backward takes inv_rms, h_mix, h_pre and h_post from them.
     pub saved: golden::PreForward,
+    /// Gradient of h_in, bf16 `[..., D]`.
     pub dh_in: HostTensor,
+    /// Gradient of h_post, f32 `[..., n]`.
     pub dh_post: HostTensor,
+    /// Gradient of h_res, f32 `[..., n, n]`.
     pub dh_res: HostTensor,
 }
 
 impl PreBackwardData {
+    /// Random forward inputs as [`PreInputs::random`] makes them, the golden forward's outputs
+    /// under `p`, and output gradients uniform in `[-1, 1)`.
     pub fn random(rng: &mut TensorRng, dims: &Dims, with_gamma: bool, p: &crate::PreParams) -> Self {
         let fwd = PreInputs::random(rng, dims, with_gamma);
         let saved = golden::pre_forward(&fwd.inputs(), p).expect("random inputs are valid");
@@ -119,14 +131,21 @@ impl PreBackwardData {
 
 /// Owned inputs of mhc_post forward and backward.
 pub struct PostInputs {
+    /// The sublayer's output, bf16 `[..., D]`.
     pub x: HostTensor,
+    /// The n streams entering the block, bf16 `[..., n, D]`.
     pub residual: HostTensor,
+    /// Weight of `x` in each output stream, f32 `[..., n]`.
     pub post_layer_mix: HostTensor,
+    /// Weights of the residual streams, f32 `[..., n, n]`.
     pub comb_res_mix: HostTensor,
+    /// Gradient of `out` for the backward, bf16 `[..., n, D]`.
     pub d_out: HostTensor,
 }
 
 impl PostInputs {
+    /// Random inputs at `dims`; the mixes are drawn from `[0, 2)` and `[0, 1)`, non-negative
+    /// like mhc_pre's h_post and a Sinkhorn-projected h_res.
     pub fn random(rng: &mut TensorRng, dims: &Dims) -> Self {
         let (n, d) = (dims.n, dims.d);
         Self {

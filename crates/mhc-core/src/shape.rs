@@ -118,9 +118,13 @@ pub fn expect_per_token(name: &str, t: &dyn TensorMeta, dtype: DType, tokens: us
 /// Generic over the tensor type so host (golden) and GPU calls share one validation.
 #[derive(Clone, Copy)]
 pub struct PreForwardInputs<'a, T> {
+    /// The n streams of each token, bf16 `[..., n, D]`.
     pub x: &'a T,
+    /// Projection weights, f32 `[M, K]`.
     pub phi: &'a T,
+    /// Scales of the pre, post and residual gates, f32 `[3]`.
     pub alpha: &'a T,
+    /// Gate biases, f32 `[M]`.
     pub bias: &'a T,
     /// The RMSNorm weight folded into the projection; `None` means all ones.
     pub gamma: Option<&'a T>,
@@ -145,13 +149,21 @@ impl<T: TensorMeta> PreForwardInputs<'_, T> {
 /// and the gradients of its outputs.
 #[derive(Clone, Copy)]
 pub struct PreBackwardInputs<'a, T> {
+    /// The forward's inputs.
     pub fwd: PreForwardInputs<'a, T>,
+    /// Saved by the forward, f32 `[...]`.
     pub inv_rms: &'a T,
+    /// Saved by the forward (not normalised), f32 `[..., M]`.
     pub h_mix: &'a T,
+    /// Saved by the forward (`+ hc_eps` included), f32 `[..., n]`.
     pub h_pre: &'a T,
+    /// The forward's h_post output, f32 `[..., n]`.
     pub h_post: &'a T,
+    /// Gradient of h_in, bf16 `[..., D]`.
     pub dh_in: &'a T,
+    /// Gradient of h_post, f32 `[..., n]`.
     pub dh_post: &'a T,
+    /// Gradient of h_res (the raw logits), f32 `[..., n, n]`.
     pub dh_res: &'a T,
 }
 
@@ -185,9 +197,14 @@ pub fn sinkhorn_dims(name: &str, logits: &dyn TensorMeta) -> Result<Dims> {
 /// `[..., n, 1]`.
 #[derive(Clone, Copy)]
 pub struct PostForwardInputs<'a, T> {
+    /// The sublayer's output, bf16 `[..., D]`.
     pub x: &'a T,
+    /// The n streams entering the block, bf16 `[..., n, D]`.
     pub residual: &'a T,
+    /// Weight of `x` in each output stream (mhc_pre's h_post), f32 `[..., n]` or `[..., n, 1]`.
     pub post_layer_mix: &'a T,
+    /// At `[j, i]` the weight of residual stream j in output stream i (in a model, mhc_pre's
+    /// h_res, usually Sinkhorn-projected; any values are accepted), f32 `[..., n, n]`.
     pub comb_res_mix: &'a T,
 }
 

@@ -17,7 +17,9 @@ pub trait TensorMeta {
 #[derive(Debug, Clone, PartialEq)]
 /// The elements of a [`HostTensor`], by dtype.
 pub enum HostData {
+    /// bfloat16 elements, row-major.
     BF16(Vec<bf16>),
+    /// f32 elements, row-major.
     F32(Vec<f32>),
 }
 

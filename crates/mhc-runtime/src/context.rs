@@ -51,8 +51,10 @@ impl Default for ContextOptions {
 pub struct Capabilities {
     /// Kernels use subgroup operations (the adapter has them and the options allow them).
     pub subgroups: bool,
-    /// The adapter's subgroup sizes (8 on lavapipe, 32 on NVIDIA); kernels never assume one.
+    /// The adapter's smallest subgroup size (8 on lavapipe, 32 on NVIDIA); kernels never
+    /// assume one.
     pub subgroup_min_size: u32,
+    /// The adapter's largest subgroup size.
     pub subgroup_max_size: u32,
     /// Timestamp queries around passes (GPU times in `mhc bench`).
     pub timestamps: bool,

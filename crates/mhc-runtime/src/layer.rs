@@ -17,7 +17,9 @@ use crate::{Context, GpuTensor};
 /// sublayer's input), `h_post` `[..., n]` and `h_res` `[..., n, n]` f32 (mhc_post's mixes).
 #[derive(Debug, Clone)]
 pub struct PreOutput {
+    /// The sublayer's input, bf16 `[..., D]`.
     pub h_in: GpuTensor,
+    /// mhc_post's `post_layer_mix`, f32 `[..., n]`.
     pub h_post: GpuTensor,
     /// Sinkhorn-projected when the layer fuses Sinkhorn, the raw logits otherwise.
     pub h_res: GpuTensor,
@@ -27,11 +29,17 @@ pub struct PreOutput {
 /// the layer fuses Sinkhorn.
 #[derive(Debug, Clone)]
 pub struct PreCtx {
+    /// The forward's input, bf16 `[..., n, D]`.
     pub x: GpuTensor,
+    /// `1 / sqrt(mean(x^2) + norm_eps)` per token, f32 `[...]`.
     pub inv_rms: GpuTensor,
+    /// The projection before normalisation, f32 `[..., M]`.
     pub h_mix: GpuTensor,
+    /// The pre gates, `+ hc_eps` included, f32 `[..., n]`.
     pub h_pre: GpuTensor,
+    /// The forward's h_post output, f32 `[..., n]`.
     pub h_post: GpuTensor,
+    /// The raw h_res logits, f32 `[..., n, n]`, that Sinkhorn backward starts from.
     pub h_res_logits: Option<GpuTensor>,
 }
 
@@ -229,9 +237,13 @@ impl MhcPre {
 /// What [`MhcPost::backward`] needs from the forward: its four inputs.
 #[derive(Debug, Clone)]
 pub struct PostCtx {
+    /// The sublayer's output, bf16 `[..., D]`.
     pub x: GpuTensor,
+    /// The n streams entering the block, bf16 `[..., n, D]`.
     pub residual: GpuTensor,
+    /// Weight of `x` in each output stream, f32 `[..., n]` (or `[..., n, 1]`).
     pub post_layer_mix: GpuTensor,
+    /// Weights of the residual streams, f32 `[..., n, n]`.
     pub comb_res_mix: GpuTensor,
 }
 

@@ -2,6 +2,8 @@
 //! pipeline cache, dispatch over token chunks, the operators in [`ops`], and the layer-level
 //! API of [`layer`] (forward/backward pairs holding parameters, and an SGD step).
 
+#![warn(missing_docs)]
+
 pub mod ceilings;
 mod context;
 mod dispatch;

@@ -43,7 +43,9 @@ fn tokens_per_group(values_per_token: u32, budget: u32) -> u32 {
 /// invocations (the rows split K between them), `tpl` tokens an invocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tile {
+    /// Tokens a row of invocations.
     pub tb: u32,
+    /// Tokens an invocation.
     pub tpl: u32,
 }
 
@@ -88,8 +90,11 @@ const COOP_PART_PER_SPLIT: u32 = 34;
 /// splits of K.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CoopTile {
+    /// Splits of K, each with its own partial sums.
     pub splits: u32,
+    /// Subgroups of 32 invocations a workgroup, 16 tokens each.
     pub subgroups: u32,
+    /// Columns of K a step.
     pub chunk: u32,
 }
 

@@ -5,6 +5,8 @@
 //! `#else` / `#endif` lines, so the driver compiles loops with constant trip counts and only the
 //! code path (vector width, subgroup or shared-memory reductions) the adapter can run.
 
+#![warn(missing_docs)]
+
 mod kernels;
 mod preprocess;
 mod spec;
@@ -21,17 +23,24 @@ const SINKHORN_MATH: &str = include_str!("../../../shaders/sinkhorn_math.wgsl");
 /// A kernel family: one WGSL file, possibly several entry points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// mhc_pre forward, fused: `fold_gamma` and `main`.
     PreForward,
     /// mhc_pre forward's projection on f16 cooperative matrices (Vulkan; opt-in).
     PreForwardCoop,
+    /// mhc_pre backward: `rows`, `cols`, `finish` and `finish_small`.
     PreBackward,
+    /// Sinkhorn-Knopp forward and backward, one token an invocation.
     Sinkhorn,
+    /// mhc_post forward and backward.
     Post,
+    /// The copy and FMA ceilings of `mhc bench`.
     Bench,
+    /// Optimiser steps on f32 parameters (plain SGD).
     Optim,
 }
 
 impl Family {
+    /// Every family, in declaration order.
     pub const ALL: [Family; 7] = [
         Family::PreForward,
         Family::PreForwardCoop,
@@ -42,6 +51,7 @@ impl Family {
         Family::Optim,
     ];
 
+    /// The family's file under `shaders/`, without `.wgsl`.
     pub fn name(self) -> &'static str {
         match self {
             Family::PreForward => "pre_forward",

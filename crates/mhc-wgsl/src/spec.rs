@@ -9,6 +9,7 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// An empty spec: no constants, no flags.
     pub fn new() -> Self {
         Self::default()
     }
@@ -25,10 +26,12 @@ impl Spec {
         self
     }
 
+    /// The value of constant `name`, if it was added.
     pub fn get(&self, name: &str) -> Option<u32> {
         self.consts.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
     }
 
+    /// The value of flag `name`, if it was added.
     pub fn flag_value(&self, name: &str) -> Option<bool> {
         self.flags.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
     }

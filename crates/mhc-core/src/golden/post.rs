@@ -23,9 +23,13 @@ pub fn post_forward_f64(dims: &Dims, x: &[f64], residual: &[f64], plm: &[f64], c
 /// Unrounded gradients of mhc_post.
 #[derive(Debug, Clone)]
 pub struct PostGradsF64 {
+    /// Gradient of `x`, `[t*D]`.
     pub dx: Vec<f64>,
+    /// Gradient of `residual`, `[t*n*D]`.
     pub dresidual: Vec<f64>,
+    /// Gradient of `post_layer_mix`, `[t*n]`.
     pub dpost_layer_mix: Vec<f64>,
+    /// Gradient of `comb_res_mix`, `[t*n*n]`, row-major (j, i).
     pub dcomb_res_mix: Vec<f64>,
 }
 
@@ -81,9 +85,13 @@ pub fn post_forward(inp: &PostForwardInputs<'_, HostTensor>) -> Result<HostTenso
 /// (the shape of post_layer_mix) and dcomb_res_mix `[..., n, n]` f32.
 #[derive(Debug, Clone)]
 pub struct PostGrads {
+    /// Gradient of `x`, `sum_i post_layer_mix_i * d_out_i`: bf16 `[..., D]`.
     pub dx: HostTensor,
+    /// Gradient of `residual`, row j `sum_i comb_res_mix[j, i] * d_out_i`: bf16 `[..., n, D]`.
     pub dresidual: HostTensor,
+    /// Gradient of `post_layer_mix`, `sum_d d_out_i * x`: f32, shaped like `post_layer_mix`.
     pub dpost_layer_mix: HostTensor,
+    /// Gradient of `comb_res_mix`, `[j, i]` = `sum_d d_out_i * residual_j`: f32 `[..., n, n]`.
     pub dcomb_res_mix: HostTensor,
 }
 

@@ -6,11 +6,17 @@ use super::sigmoid;
 /// Unrounded outputs of mhc_pre forward, token-major.
 #[derive(Debug, Clone)]
 pub struct PreForwardF64 {
+    /// `sum_i h_pre_i * x_i`, `[t*D]`, before the bf16 rounding.
     pub h_in: Vec<f64>,
+    /// The post gates `post_mult * sigmoid(...)`, `[t*n]`.
     pub h_post: Vec<f64>,
+    /// The residual-mix logits, `[t*n*n]`, row-major (j, i).
     pub h_res: Vec<f64>,
+    /// `1 / sqrt(mean(x^2) + norm_eps)` per token, `[t]`.
     pub inv_rms: Vec<f64>,
+    /// The projection `(x * gamma) @ phi^T` before normalisation, `[t*M]`.
     pub h_mix: Vec<f64>,
+    /// The pre gates, `+ hc_eps` included, `[t*n]`.
     pub h_pre: Vec<f64>,
 }
 
@@ -64,19 +70,28 @@ pub fn pre_forward_f64(
 /// What mhc_pre forward saves for backward, as f64.
 #[derive(Debug, Clone, Copy)]
 pub struct PreSaved<'a> {
+    /// `1 / sqrt(mean(x^2) + norm_eps)` per token, `[t]`.
     pub inv_rms: &'a [f64],
+    /// The projection before normalisation, `[t*M]`.
     pub h_mix: &'a [f64],
+    /// The pre gates, `+ hc_eps` included, `[t*n]`.
     pub h_pre: &'a [f64],
+    /// The forward's h_post output, `[t*n]` (the post gate's derivative needs it).
     pub h_post: &'a [f64],
 }
 
 /// Unrounded gradients of mhc_pre.
 #[derive(Debug, Clone)]
 pub struct PreGradsF64 {
+    /// Gradient of `x`, `[t*K]`.
     pub dx: Vec<f64>,
+    /// Gradient of `phi`, `[M*K]`, summed over tokens.
     pub dphi: Vec<f64>,
+    /// Gradient of `alpha`, `[3]`.
     pub dalpha: Vec<f64>,
+    /// Gradient of `bias`, `[M]`.
     pub dbias: Vec<f64>,
+    /// Gradient of `gamma`, `[K]` (also when gamma is absent).
     pub dgamma: Vec<f64>,
 }
 
@@ -159,11 +174,18 @@ pub fn pre_backward_f64(
 /// and the saved inv_rms `[...]`, h_mix `[..., M]`, h_pre `[..., n]` (f32).
 #[derive(Debug, Clone)]
 pub struct PreForward {
+    /// The h_pre-weighted sum of the n streams (the sublayer's input), bf16 `[..., D]`.
     pub h_in: HostTensor,
+    /// The post gates (mhc_post's `post_layer_mix`), f32 `[..., n]`.
     pub h_post: HostTensor,
+    /// The residual-mix logits, not Sinkhorn-projected, f32 `[..., n, n]`, row-major (j, i).
     pub h_res: HostTensor,
+    /// `1 / sqrt(mean(x^2) + norm_eps)` per token, f32 `[...]`; saved for backward.
     pub inv_rms: HostTensor,
+    /// The projection `(x * gamma) @ phi^T`, not normalised, f32 `[..., M]`; saved for
+    /// backward.
     pub h_mix: HostTensor,
+    /// The pre gates, `+ hc_eps` included, f32 `[..., n]`; saved for backward.
     pub h_pre: HostTensor,
 }
 
@@ -196,10 +218,15 @@ pub fn pre_forward(inp: &PreForwardInputs<'_, HostTensor>, p: &PreParams) -> Res
 /// dgamma `[n, D]` (f32).
 #[derive(Debug, Clone)]
 pub struct PreGrads {
+    /// Gradient of `x`, bf16 `[..., n, D]`.
     pub dx: HostTensor,
+    /// Gradient of `phi`, f32 `[M, K]`, summed over tokens.
     pub dphi: HostTensor,
+    /// Gradient of `alpha`, f32 `[3]`.
     pub dalpha: HostTensor,
+    /// Gradient of `bias`, f32 `[M]`.
     pub dbias: HostTensor,
+    /// Gradient of `gamma`, f32 `[n, D]` (also when gamma was absent).
     pub dgamma: HostTensor,
 }
 

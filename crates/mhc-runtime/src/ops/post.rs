@@ -41,9 +41,13 @@ pub fn post_forward_into(ctx: &Context, inp: &PostForwardInputs<'_, GpuTensor>, 
 /// (shaped like post_layer_mix) and dcomb_res_mix `[..., n, n]` (f32).
 #[derive(Debug, Clone)]
 pub struct PostBackwardOutputs {
+    /// Gradient of the sublayer output `x`, bf16 `[..., D]`.
     pub dx: GpuTensor,
+    /// Gradient of `residual`, bf16 `[..., n, D]`.
     pub dresidual: GpuTensor,
+    /// Gradient of `post_layer_mix`, f32, shaped like it.
     pub dpost_layer_mix: GpuTensor,
+    /// Gradient of `comb_res_mix`, f32 `[..., n, n]`.
     pub dcomb_res_mix: GpuTensor,
 }
 

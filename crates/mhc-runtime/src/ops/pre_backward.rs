@@ -21,10 +21,15 @@ struct Params {
 /// Gradients of mhc_pre on the GPU (SPEC.md section 2).
 #[derive(Debug, Clone)]
 pub struct PreBackwardOutputs {
+    /// Gradient of `x`, bf16 `[..., n, D]`.
     pub dx: GpuTensor,
+    /// Gradient of `phi`, f32 `[M, K]`, summed over tokens.
     pub dphi: GpuTensor,
+    /// Gradient of `alpha`, f32 `[3]`.
     pub dalpha: GpuTensor,
+    /// Gradient of `bias`, f32 `[M]`.
     pub dbias: GpuTensor,
+    /// Gradient of `gamma`, f32 `[n, D]` (also when gamma is absent).
     pub dgamma: GpuTensor,
 }
 

@@ -25,12 +25,20 @@ struct Params {
 /// Sinkhorn backward needs.
 #[derive(Debug, Clone)]
 pub struct PreForwardOutputs {
+    /// The h_pre-weighted sum of the n streams (the sublayer's input), bf16 `[..., D]`.
     pub h_in: GpuTensor,
+    /// The post gates (mhc_post's `post_layer_mix`), f32 `[..., n]`.
     pub h_post: GpuTensor,
+    /// The residual mix: Sinkhorn-projected with a fused Sinkhorn, the raw logits otherwise;
+    /// f32 `[..., n, n]`.
     pub h_res: GpuTensor,
+    /// `1 / sqrt(mean(x^2) + norm_eps)` per token, f32 `[...]`; saved for backward.
     pub inv_rms: GpuTensor,
+    /// The projection before normalisation, f32 `[..., M]`; saved for backward.
     pub h_mix: GpuTensor,
+    /// The pre gates, `+ hc_eps` included, f32 `[..., n]`; saved for backward.
     pub h_pre: GpuTensor,
+    /// The raw logits, f32 `[..., n, n]`: required with a fused Sinkhorn, unused without.
     pub h_res_logits: Option<GpuTensor>,
 }
 
