@@ -6,11 +6,8 @@
 # Then the bench again by stage, and the tensor-core path of mhc_pre forward (MHC_COOP=1):
 # check and bench by stage.
 set -uo pipefail
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-if [ ! -e /usr/share/vulkan/icd.d/nvidia_icd.json ] && [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
-    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-fi
-export XDG_RUNTIME_DIR=/tmp PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device-env.sh"
+export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 ./.dev/mhc info 2>&1 | tee "$OUT/info.txt"

@@ -8,13 +8,7 @@
 # BENCH_ARGS: more options of `mhc bench` (e.g. --shape 4096,4,2560).
 set -uo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 BINARY..." >&2; exit 2; }
-if ! ldconfig -p | grep -q libvulkan.so.1; then
-    for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-fi
-if [ ! -e /usr/share/vulkan/icd.d/nvidia_icd.json ] && [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
-    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-fi
-export XDG_RUNTIME_DIR=/tmp
+source "$(dirname "$0")/device-env.sh"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 ops=()
 for op in ${OPS:-}; do ops+=(--op "$op"); done
