@@ -354,36 +354,69 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 #endif
 
-@compute @workgroup_size(WG)
-fn finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let e = group_index(wid, nwg) * WG + lid;
-    if (e < M * K) {
-        var s = 0.0;
-        for (var g = 0u; g < params.n_segs; g++) {
-            s += part_phi[g * M * K + e];
-        }
-        dphi[e] = s;
+fn seg_partial(is_phi: bool, idx: u32) -> f32 {
+    if (is_phi) {
+        return part_phi[idx];
     }
-    if (e < K) {
-        var s = 0.0;
-        for (var g = 0u; g < params.n_segs; g++) {
-            s += part_gamma[g * K + e];
-        }
-        dgamma[e] = s;
-    }
+    return part_gamma[idx];
 }
+
+// Element e summed over the token segments in segment order (reruns give the same bits), the
+// loads eight at a time: one at a time left `finish` waiting a memory latency per segment.
+fn seg_total(is_phi: bool, e: u32, stride: u32) -> f32 {
+    var s = 0.0;
+    var g = 0u;
+    for (; g + 8u <= params.n_segs; g += 8u) {
+        var v: array<f32, 8>;
+#unroll j 8
+        v[{j}] = seg_partial(is_phi, (g + {j}) * stride + e);
+#endunroll
+#unroll j 8
+        s += v[{j}];
+#endunroll
+    }
+    for (; g < params.n_segs; g++) {
+        s += seg_partial(is_phi, g * stride + e);
+    }
+    return s;
+}
+
+// Workgroups of `finish` that sum dphi and dgamma; the SMALL after them sum one value of dbias
+// or dalpha each. One dispatch, so the small sums run beside the large ones.
+const FG: u32 = (M * K + WG - 1u) / WG;
 
 var<workgroup> fin: array<f32, WG>;
 
-// One workgroup for each of dbias[0..M] and dalpha[0..3]: a fixed-shape tree over the partials.
 @compute @workgroup_size(WG)
-fn finish_small(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r = group_index(wid, nwg);
+fn finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let group = group_index(wid, nwg);
+    if (group < FG) {
+        let e = group * WG + lid;
+        if (e < M * K) {
+            dphi[e] = seg_total(true, e, M * K);
+        }
+        if (e < K) {
+            dgamma[e] = seg_total(false, e, K);
+        }
+        return;
+    }
+    let r = group - FG;
     if (r >= SMALL) {
         return;
     }
+    // A fixed-shape tree over the partials of the `rows` workgroups.
     var s = 0.0;
-    for (var p = lid; p < params.n_small; p += WG) {
+    var p = lid;
+    for (; p + 3u * WG < params.n_small; p += 4u * WG) {
+        var v: array<f32, 4>;
+#unroll j 4
+        v[{j}] = part_small[(p + {j} * WG) * SMALL + r];
+#endunroll
+#unroll j 4
+        s += v[{j}];
+#endunroll
+    }
+    for (; p < params.n_small; p += WG) {
         s += part_small[p * SMALL + r];
     }
     fin[lid] = s;

@@ -777,8 +777,7 @@ fn bench_times_stages() {
     let ctx = describe(&args, &out);
     let doc = read_json(&json, &ctx);
     let rows = doc["rows"].as_array().unwrap_or_else(|| panic!("rows: {doc}"));
-    let want: [(&str, &[&str]); 2] =
-        [("pre-backward", &["rows", "cols", "finish", "finish_small"]), ("post-forward", &["forward"])];
+    let want: [(&str, &[&str]); 2] = [("pre-backward", &["rows", "cols", "finish"]), ("post-forward", &["forward"])];
     assert_eq!(rows.len(), want.len(), "{ctx}");
     for (row, (op, entries)) in rows.iter().zip(want) {
         check_bench_row(row, &doc, &ctx);

@@ -92,7 +92,7 @@ impl Family {
         match self {
             Family::PreForward => &["fold_gamma", "main"],
             Family::PreForwardCoop => &["phi_top", "split_phi", "project"],
-            Family::PreBackward => &["rows", "cols", "finish", "finish_small"],
+            Family::PreBackward => &["rows", "cols", "finish"],
             Family::Sinkhorn => &["forward", "backward"],
             Family::Post => &["forward", "backward"],
             Family::Bench => &["copy", "fma_rate"],

@@ -93,7 +93,7 @@ pub fn pre_backward_into(
     let (tb, wg) = (get("TB"), get("WG"));
     let pair = spec.flag_value("PAIR") == Some(true);
     let pipe = |entry| ctx.pipeline(Family::PreBackward, entry, &spec);
-    let (rows_p, cols_p, finish_p, small_p) = (pipe("rows")?, pipe("cols")?, pipe("finish")?, pipe("finish_small")?);
+    let (rows_p, cols_p, finish_p) = (pipe("rows")?, pipe("cols")?, pipe("finish")?);
 
     let tok_data = ctx.scratch("tok_data", &[t, m + 1], DType::F32)?;
     let per_token = [
@@ -173,9 +173,16 @@ pub fn pre_backward_into(
         ctx.record_chunks(pass, &cols_p, &chunks, &rows_of(&[6, 10, 14, 21, 22]), &cols_whole, params, |_| {
             col_blocks * n_segs
         })?;
-        let finish_whole = [(15, &part_phi), (16, &part_gamma), (17, &out.dphi), (18, &out.dgamma)];
-        ctx.record_chunks(pass, &finish_p, &one_chunk, &[], &finish_whole, params, |_| (m * k).div_ceil(wg))?;
-        let small_whole = [(11, &part_small), (19, &out.dalpha), (20, &out.dbias)];
-        ctx.record_chunks(pass, &small_p, &one_chunk, &[], &small_whole, params, |_| m + 3)
+        let finish_whole = [
+            (11, &part_small),
+            (15, &part_phi),
+            (16, &part_gamma),
+            (17, &out.dphi),
+            (18, &out.dgamma),
+            (19, &out.dalpha),
+            (20, &out.dbias),
+        ];
+        // dphi / dgamma's workgroups, then one for each of dbias and dalpha's M + 3 values.
+        ctx.record_chunks(pass, &finish_p, &one_chunk, &[], &finish_whole, params, |_| (m * k).div_ceil(wg) + m + 3)
     })
 }
