@@ -219,6 +219,24 @@ fn add_partial(idx: u32, v: f32, is_phi: bool) {
 // Each invocation owns one u32 word of a row of x: columns k0 and k0 + 1 of the same stream.
 const CB: u32 = (K / 2u + WG - 1u) / WG;
 
+// Word c of x and the matching word of dh_in for UT tokens from tok0; zeros past t_end, so a
+// padded step multiplies zeros by its zeroed scalars.
+fn load_step(tok0: u32, t_end: u32, c: u32, d0: u32, xs: ptr<function, array<u32, UT>>, gs: ptr<function, array<u32, UT>>) {
+#unroll j UT
+    {
+        let tok = tok0 + {j};
+        var xv = 0u;
+        var gv = 0u;
+        if (tok < t_end) {
+            xv = xw[tok * (K / 2u) + c];
+            gv = dhw[(tok * D + d0) / 2u];
+        }
+        (*xs)[{j}] = xv;
+        (*gs)[{j}] = gv;
+    }
+#endunroll
+}
+
 @compute @workgroup_size(WG)
 fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     // Workgroups are laid out column block fastest, then segment of tokens.
@@ -246,22 +264,21 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var ga1 = 0.0;
     let t_begin = seg * params.seg_tokens;
     let t_end = min(t_begin + params.seg_tokens, params.t);
+    // Each step computes on the words loaded in the step before and loads those of the next
+    // step first, so the next UT tokens' loads are in flight while this step's FMAs run.
+    var next_x: array<u32, UT>;
+    var next_g: array<u32, UT>;
+    if (valid) {
+        load_step(t_begin, t_end, c, d0, &next_x, &next_g);
+    }
     for (var tc = t_begin; tc < t_end; tc += CHT) {
         let cnt = min(CHT, t_end - tc);
         stage_tokens(lid, tc, cnt);
         if (valid) {
             for (var u0 = 0u; u0 < cnt; u0 += UT) {
-                // The UT tokens' loads first, so they are in flight together: one token at a
-                // time left each invocation waiting a memory latency per token.
-                var words: array<u32, UT>;
-                var gws: array<u32, UT>;
-#unroll j UT
-                if (u0 + {j} < cnt) {
-                    let tok = tc + u0 + {j};
-                    words[{j}] = xw[tok * (K / 2u) + c];
-                    gws[{j}] = dhw[(tok * D + d0) / 2u];
-                }
-#endunroll
+                let words = next_x;
+                let gws = next_g;
+                load_step(tc + u0 + UT, t_end, c, d0, &next_x, &next_g);
 #unroll j UT
                 {
                     let u = u0 + {j};
