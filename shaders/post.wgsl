@@ -74,6 +74,23 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 #endunroll
 }
 
+// One column block of a token: d_out and residual of every row, and x.
+struct Block {
+    g: array<vec4<u32>, N>,
+    r: array<vec4<u32>, N>,
+    x: vec4<u32>,
+}
+
+fn load_block(tok: u32, w: u32) -> Block {
+    var b: Block;
+#unroll i N
+    b.g[{i}] = d_out[(tok * N + {i}) * W + w];
+    b.r[{i}] = residual[(tok * N + {i}) * W + w];
+#endunroll
+    b.x = x[tok * W + w];
+    return b;
+}
+
 @compute @workgroup_size(WG)
 fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let tok = group_index(wid, nwg);
@@ -82,28 +99,34 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     }
     // acc[i]: dplm of row i; acc[N + j * N + i]: dcomb[j, i].
     var acc: array<f32, NV>;
+    // Each step loads the next column block before its own arithmetic, so an invocation's
+    // loads for two blocks are in flight at once.
+    var next: Block;
+    if (lane.lid < W) {
+        next = load_block(tok, lane.lid);
+    }
     for (var w = lane.lid; w < W; w += WG) {
+        let b = next;
+        if (w + WG < W) {
+            next = load_block(tok, w + WG);
+        }
         var glo: array<vec4<f32>, N>;
         var ghi: array<vec4<f32>, N>;
 #unroll i N
-        {
-            let q = d_out[(tok * N + {i}) * W + w];
-            glo[{i}] = lo4(q);
-            ghi[{i}] = hi4(q);
-        }
+        glo[{i}] = lo4(b.g[{i}]);
+        ghi[{i}] = hi4(b.g[{i}]);
 #endunroll
-        let xq = x[tok * W + w];
         var dlo = vec4<f32>(0.0);
         var dhi = vec4<f32>(0.0);
 #unroll i N
         dlo += plm[tok * N + {i}] * glo[{i}];
         dhi += plm[tok * N + {i}] * ghi[{i}];
-        acc[{i}] += dot(glo[{i}], lo4(xq)) + dot(ghi[{i}], hi4(xq));
+        acc[{i}] += dot(glo[{i}], lo4(b.x)) + dot(ghi[{i}], hi4(b.x));
 #endunroll
         dx[tok * W + w] = pack4(dlo, dhi);
 #unroll j N
         {
-            let rq = residual[(tok * N + {j}) * W + w];
+            let rq = b.r[{j}];
             var rl = vec4<f32>(0.0);
             var rh = vec4<f32>(0.0);
 #unroll i N
