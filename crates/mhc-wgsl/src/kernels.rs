@@ -154,7 +154,7 @@ pub fn pre_forward_coop(n: u32, d: u32, tile: CoopTile) -> Spec {
         .with("PL", 64 * tile.chunk / wg)
 }
 
-/// mhc_pre backward: `rows`, `cols` and the two `finish` entry points share this spec.
+/// mhc_pre backward: its `rows`, `cols` and `finish` entry points share this spec.
 pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
     let tb = 8;
     let pair = d.is_multiple_of(2) && m_of(n) <= 24;
