@@ -74,16 +74,13 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         return;
     }
     let lid = lane.lid;
-    // acc[b * N + i]: dh_pre of token b, stream i. Columns outside, tokens inside, so the
-    // loads of all TB tokens are in flight together (a loop per token waited a memory latency
-    // per token and step). Slots past the last token read the last token; their sums are
-    // never used.
+    // acc[b * N + i]: dh_pre of token b, stream i.
     var acc: array<f32, NV>;
-#if VEC4
-    for (var w = lid; w < D / 8u; w += WG) {
 #unroll b TB
-        {
-            let tok = min(tok0 + {b}, params.t - 1u);
+    if (tok0 + {b} < params.t) {
+        let tok = tok0 + {b};
+#if VEC4
+        for (var w = lid; w < D / 8u; w += WG) {
             let g = dh_in[tok * (D / 8u) + w];
 #unroll i N
             {
@@ -92,13 +89,8 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
             }
 #endunroll
         }
-#endunroll
-    }
 #else
-    for (var d = lid; d < D; d += WG) {
-#unroll b TB
-        {
-            let tok = min(tok0 + {b}, params.t - 1u);
+        for (var d = lid; d < D; d += WG) {
             let ge = tok * D + d;
             let g = bf16_at(dh_in[ge >> 1u], ge);
 #unroll i N
@@ -108,9 +100,9 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
             }
 #endunroll
         }
-#endunroll
-    }
 #endif
+    }
+#endunroll
     block_reduce(lane, &acc);
 
     for (var b = lid; b < TB; b += WG) {
