@@ -31,6 +31,14 @@ fn pre_forward_without_subgroups() {
     run_pre_forward(ctx_portable(), 4, 3, 5, false, None);
 }
 
+/// The kernels compiled with wgpu's runtime checks (`MHC_SHADER_CHECKS=1`, off by default).
+#[test]
+fn pre_forward_with_shader_checks() {
+    let ctx = Context::with_options(ContextOptions { shader_checks: true, ..Default::default() }).unwrap();
+    run_pre_forward(&ctx, 7, 4, 64, true, Some(SinkhornParams::default()));
+    run_pre_forward(&ctx, 4, 3, 5, false, None);
+}
+
 /// Every token layout of the vector path gives the same answers, over many workgroups.
 #[test]
 fn pre_forward_tiles() {

@@ -21,7 +21,11 @@ pub struct CheckArgs {
 }
 
 /// (T, n, D): odd widths, a single token, every stream count, and one shape of real width.
-const QUICK: [(usize, usize, usize); 3] = [(1, 1, 3), (7, 4, 64), (5, 8, 127)];
+/// A single token and a single stream are separate shapes: together, h_res would be one
+/// value, alpha * t + bias, which for some draws nearly cancels, and then f32's rounding of t
+/// alone exceeds the relative tolerance (1 to 4 draws in 1000 when t is off by 0 to 2 ulp;
+/// one such failure was seen on an H200).
+const QUICK: [(usize, usize, usize); 4] = [(1, 2, 3), (6, 1, 5), (7, 4, 64), (5, 8, 127)];
 const FULL: [(usize, usize, usize); 4] = [(33, 2, 1), (300, 4, 256), (64, 3, 1000), (16, 4, 2560)];
 
 pub fn check(a: CheckArgs) -> CliResult<ExitCode> {

@@ -31,6 +31,14 @@ pub struct ContextOptions {
     /// exactly 32; creating the context fails where they are missing. `Context::new` reads
     /// `MHC_COOP=1`.
     pub cooperative_matrix: bool,
+    /// Compile the kernels with wgpu's runtime checks: indices into workgroup and private
+    /// arrays clamped, loops bounded by a hidden counter, integer division guarded. Off by
+    /// default: mhc's kernels are its own, every index in them is in range by construction
+    /// (the tests run them on odd shapes against the golden math), every loop ends, and no
+    /// divisor is zero; the checks cost instructions in the inner loops. Buffer accesses
+    /// stay bounded by the driver's robust buffer access either way. For debugging a kernel;
+    /// `Context::new` reads `MHC_SHADER_CHECKS=1`.
+    pub shader_checks: bool,
 }
 
 impl Default for ContextOptions {
@@ -42,6 +50,7 @@ impl Default for ContextOptions {
             max_workgroups_per_dimension: None,
             pre_forward_tile: None,
             cooperative_matrix: false,
+            shader_checks: false,
         }
     }
 }
@@ -77,6 +86,7 @@ pub struct Context {
     max_binding: u64,
     max_groups: u32,
     pre_tile: Option<Tile>,
+    pub(crate) shader_checks: bool,
     pub(crate) pipelines: PipelineCache,
     pub(crate) scratch: crate::scratch::ScratchPool,
     pub(crate) timer: crate::timing::TimerSlot,
@@ -138,7 +148,8 @@ impl Context {
     pub fn new() -> Result<Self> {
         Self::with_options(ContextOptions {
             pre_forward_tile: tile_from_env()?,
-            cooperative_matrix: coop_from_env()?,
+            cooperative_matrix: flag_from_env("MHC_COOP")?,
+            shader_checks: flag_from_env("MHC_SHADER_CHECKS")?,
             ..Default::default()
         })
     }
@@ -248,6 +259,7 @@ impl Context {
             max_binding,
             max_groups,
             pre_tile: opts.pre_forward_tile,
+            shader_checks: opts.shader_checks,
             pipelines: PipelineCache::default(),
             scratch: Default::default(),
             timer: Default::default(),
@@ -326,12 +338,13 @@ impl Context {
     }
 }
 
-/// `MHC_COOP=1` (or 0): [`ContextOptions::cooperative_matrix`].
-fn coop_from_env() -> Result<bool> {
-    match std::env::var("MHC_COOP").as_deref() {
+/// A switch of [`ContextOptions`] from the environment: `MHC_COOP=1` (or 0),
+/// `MHC_SHADER_CHECKS=1` (or 0); unset is off.
+fn flag_from_env(name: &'static str) -> Result<bool> {
+    match std::env::var(name).as_deref() {
         Err(_) | Ok("0") | Ok("") => Ok(false),
         Ok("1") => Ok(true),
-        Ok(v) => Err(Error::param("MHC_COOP", format!("expected 0 or 1, got {v:?}"))),
+        Ok(v) => Err(Error::param(name, format!("expected 0 or 1, got {v:?}"))),
     }
 }
 
