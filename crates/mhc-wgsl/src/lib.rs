@@ -27,7 +27,7 @@ pub enum Family {
     PreForward,
     /// mhc_pre forward's projection on f16 cooperative matrices (Vulkan; opt-in).
     PreForwardCoop,
-    /// mhc_pre backward: `rows`, `cols`, `finish` and `finish_small`.
+    /// mhc_pre backward: `rows`, `cols` and `finish`.
     PreBackward,
     /// Sinkhorn-Knopp forward and backward, one token an invocation.
     Sinkhorn,
