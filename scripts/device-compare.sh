@@ -5,7 +5,9 @@
 # Expects the Vulkan loader's .deb files in .gl/ (see docs/PERFORMANCE.md). Prints one table
 # of medians (us) per operator and shape, a column per build and round; the log goes to $OUT.
 # OPS: operators (default: all); ROUNDS (default 2); ITERS: timed runs (default 50);
-# BENCH_ARGS: more options of `mhc bench` (e.g. --shape 4096,4,2560).
+# BENCH_ARGS: more options of `mhc bench` (e.g. --shape 4096,4,2560); STOP_AFTER_S (default
+# 480): no new run starts once this script has run that long, so the table is printed before
+# a device call's 600 s limit (a bench of three operators takes about 45 s on an H200).
 set -uo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 BINARY..." >&2; exit 2; }
 source "$(dirname "$0")/device-env.sh"
@@ -16,6 +18,10 @@ log="$OUT/compare.log"
 : >"$log"
 for round in $(seq "${ROUNDS:-2}"); do
     for bin in "$@"; do
+        if [ "$SECONDS" -ge "${STOP_AFTER_S:-480}" ]; then
+            echo "device-compare: stopped at ${SECONDS} s, before $(basename "$bin") round $round" >&2
+            break 2
+        fi
         echo "== $(basename "$bin") round $round" >>"$log"
         "$bin" bench "${ops[@]}" --iters "${ITERS:-50}" ${BENCH_ARGS:-} >>"$log" 2>&1 || echo "== failed: $bin" >>"$log"
     done
