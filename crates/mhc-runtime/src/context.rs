@@ -35,8 +35,9 @@ pub struct ContextOptions {
     /// arrays clamped, loops bounded by a hidden counter, integer division guarded. Off by
     /// default: mhc's kernels are its own, every index in them is in range by construction
     /// (the tests run them on odd shapes against the golden math), every loop ends, and no
-    /// divisor is zero; the checks cost instructions in the inner loops. Buffer accesses
-    /// stay bounded by the driver's robust buffer access either way. For debugging a kernel;
+    /// divisor is zero; the checks cost instructions in the inner loops. On Vulkan, buffer
+    /// accesses stay bounded by the driver's robust buffer access either way (elsewhere they
+    /// rely, like the arrays, on the indices being in range). For debugging a kernel;
     /// `Context::new` reads `MHC_SHADER_CHECKS=1`.
     pub shader_checks: bool,
 }
