@@ -1,6 +1,7 @@
 // ---- pre_backward.wgsl: mhc_pre backward (SPEC.md section 2) in three entry points ----
 // Needs: N, D, K = N * D, M, NN, TB tokens a `rows` workgroup, WG, NV = TB * N, SG_MIN, UT
-// tokens a step of `cols`, CHT tokens it stages at a time (a multiple of UT), TV = (M + 4) / 4;
+// tokens a step of `cols`, CHT tokens it stages at a time (a multiple of UT), TV = (M + 4) / 4,
+// SL = ceil(CHT * (M + 1) / WG) and HL = ceil(CHT * N / WG) (scalars an invocation stages);
 // flags VEC4 (D % 8 == 0), PAIR (D % 2 == 0), HAS_GAMMA, SUBGROUP.
 //
 // Passes over the large tensors: x and dh_in are each read twice, dx written once.
@@ -163,17 +164,48 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 var<workgroup> tok_s: array<vec4<f32>, CHT * TV>;
 var<workgroup> hpre_s: array<f32, CHT * N>;
 
-// Stages the scalars of tokens [tc, tc + cnt) for the whole workgroup.
+// Stages the scalars of tokens [tc, tc + cnt) for the whole workgroup. Each invocation loads
+// its (up to) SL scalars and HL h_pre values into registers before the first barrier, so the
+// loads are in flight together, and while slower invocations finish the previous stage,
+// instead of one load's latency after another.
 fn stage_tokens(lid: u32, tc: u32, cnt: u32) {
+    var sv: array<f32, SL>;
+    var hp: array<f32, HL>;
+#unroll s SL
+    {
+        let e = lid + {s} * WG;
+        if (e < cnt * (M + 1u)) {
+            sv[{s}] = tok_data[tc * (M + 1u) + e];
+        }
+    }
+#endunroll
+#unroll s HL
+    {
+        let e = lid + {s} * WG;
+        if (e < cnt * N) {
+            hp[{s}] = h_pre[tc * N + e];
+        }
+    }
+#endunroll
     workgroupBarrier();
-    for (var e = lid; e < cnt * (M + 1u); e += WG) {
-        let u = e / (M + 1u);
-        let r = e % (M + 1u);
-        tok_s[u * TV + r / 4u][r % 4u] = tok_data[tc * (M + 1u) + e];
+#unroll s SL
+    {
+        let e = lid + {s} * WG;
+        if (e < cnt * (M + 1u)) {
+            let u = e / (M + 1u);
+            let r = e % (M + 1u);
+            tok_s[u * TV + r / 4u][r % 4u] = sv[{s}];
+        }
     }
-    for (var e = lid; e < cnt * N; e += WG) {
-        hpre_s[e] = h_pre[tc * N + e];
+#endunroll
+#unroll s HL
+    {
+        let e = lid + {s} * WG;
+        if (e < cnt * N) {
+            hpre_s[e] = hp[{s}];
+        }
     }
+#endunroll
     // Slots past the last token up to a multiple of UT: zeros, so the padded steps of `cols`
     // add nothing (a stale value could be infinite, and inf * 0 is NaN).
     for (var e = cnt * TV + lid; e < min(CHT, (cnt + UT - 1u) / UT * UT) * TV; e += WG) {

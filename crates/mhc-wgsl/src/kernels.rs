@@ -156,15 +156,18 @@ pub fn pre_forward_coop(n: u32, d: u32, tile: CoopTile) -> Spec {
 
 /// mhc_pre backward: its `rows`, `cols` and `finish` entry points share this spec.
 pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
-    let tb = 8;
+    let (tb, wg) = (8, 128);
     let pair = d.is_multiple_of(2) && m_of(n) <= 24;
-    base(n, d, 128, target)
+    let cht = if pair { 64 } else { 32 };
+    base(n, d, wg, target)
         .with("TB", tb)
         .with("NV", tb * n)
         // Tokens `cols` stages at a time (one barrier each): 64 was 0-1.5% faster than 32 on an
         // H200 at n = 4. Kept at 32 for larger M, whose scalars would pass the 16 KB of
         // workgroup memory every adapter has.
-        .with("CHT", if pair { 64 } else { 32 })
+        .with("CHT", cht)
+        .with("SL", (cht * (m_of(n) + 1)).div_ceil(wg))
+        .with("HL", (cht * n).div_ceil(wg))
         // Tokens a step of `cols`, their loads issued together. On an H200 one token a step
         // left `cols` waiting on memory latency; 2, 4 and 8 took pre backward at 16384/4096
         // from 2300 us to 2104, 1765 and 1529 us (docs/PERFORMANCE.md).
