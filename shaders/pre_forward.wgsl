@@ -1,8 +1,11 @@
 // ---- pre_forward.wgsl: mhc_pre forward (SPEC.md section 1), fused ----
 // Needs: N, D, K = N * D, M = N * N + 2N, NN = N * N, WG invocations, SG_MIN, NV; flags VEC4
 // (D % 8 == 0), SINKHORN (h_res is the Sinkhorn projection, the raw logits go to
-// h_res_logits), SUBGROUP, COOP (VEC4 only: the sums come from pre_forward_coop.wgsl's
-// partials over CS splits, PW floats a token). The VEC4 path also needs TB (tokens a row of
+// h_res_logits), SUBGROUP, PARTS (VEC4 only: the sums come from partials over CS splits of K,
+// PW floats a token), with COOP (pre_forward_coop.wgsl's partials, scaled and range-checked) or
+// SPLIT (this file's `project`: f32 partials, M + 1 floats a split; it also needs SC words a
+// chunk, SPT tokens an invocation, PWG invocations a workgroup and PHL = ceil(M * SC * 2 /
+// PWG), the vec4s of phi an invocation stages a chunk). The VEC4 path also needs TB (tokens a row of
 // invocations) and TPL (tokens an invocation); the scalar path TB tokens a workgroup and
 // NV = TB * (M + 1).
 //
@@ -44,9 +47,14 @@ struct Params {
 @group(0) @binding(13) var<storage, read> phi_src: array<f32>;
 @group(0) @binding(14) var<storage, read> gamma: array<f32>;
 @group(0) @binding(15) var<storage, read_write> phi_g: array<f32>;
-#if COOP
+#if PARTS
 @group(0) @binding(16) var<storage, read> part: array<f32>;
+#endif
+#if COOP
 @group(0) @binding(17) var<storage, read> unscale: array<f32>;
+#endif
+#if SPLIT
+@group(0) @binding(18) var<storage, read_write> part_out: array<f32>;
 #endif
 
 @compute @workgroup_size(WG)
@@ -201,6 +209,149 @@ fn coop_sums(lane: Lane, tok0: u32) {
     }
 }
 #endif
+#if SPLIT
+// The tile's sums from `project`'s f32 partials, added in split order.
+fn split_sums(lane: Lane, tok0: u32) {
+    for (var e = lane.lid; e < TW * (M + 1u); e += WG) {
+        let b = e / (M + 1u);
+        let m = e % (M + 1u);
+        let tok = tok0 + b;
+        if (tok < params.t) {
+            var v: array<f32, CS>;
+#unroll k CS
+            v[{k}] = part[tok * PW + {k} * (M + 1u) + m];
+#endunroll
+            var s = 0.0;
+#unroll k CS
+            s += v[{k}];
+#endunroll
+            sums[b * (M + 1u) + m] = s;
+        }
+    }
+    workgroupBarrier();
+}
+
+// project: the M dot products and the sum of squares of PT = PWG * SPT tokens over one of CS
+// splits of K, as f32 partials (`main` adds them). An invocation takes tokens lid + PWG * u,
+// so a subgroup's phi reads are one shared-memory address (a broadcast) while each keeps SPT
+// * (M + 1) sums. phi comes through shared memory SC words (8 columns each) at a time, double
+// buffered: the next chunk's loads are in flight while this one is used, one barrier a chunk.
+const PT: u32 = PWG * SPT;
+const PCH: u32 = (W8 + SC - 1u) / SC;
+const CPS: u32 = (PCH + CS - 1u) / CS;
+const PHV: u32 = M * SC * 2u;
+var<workgroup> phi_s: array<vec4<f32>, 2u * PHV>;
+
+// This invocation's share of chunk ch of phi (vec4 q of row m: word ch * SC + q / 2, half
+// q % 2); zeros past K.
+fn phi_chunk(lid: u32, ch: u32, regs: ptr<function, array<vec4<f32>, PHL>>) {
+#unroll i PHL
+    {
+        let e = lid + {i} * PWG;
+        var v = vec4<f32>(0.0);
+        let m = e / (SC * 2u);
+        let q = e % (SC * 2u);
+        if (e < PHV && ch * SC + q / 2u < W8) {
+            v = phi[m * (K / 4u) + ch * SC * 2u + q];
+        }
+        (*regs)[{i}] = v;
+    }
+#endunroll
+}
+
+fn store_phi_chunk(lid: u32, buf: u32, regs: ptr<function, array<vec4<f32>, PHL>>) {
+#unroll i PHL
+    {
+        let e = lid + {i} * PWG;
+        if (e < PHV) {
+            phi_s[buf * PHV + e] = (*regs)[{i}];
+        }
+    }
+#endunroll
+}
+
+// Word w of the invocation's SPT tokens; zeros from w_end on and past the last token.
+fn load_x_split(q: ptr<function, array<vec4<u32>, SPT>>, tok: u32, w: u32, w_end: u32) {
+#unroll u SPT
+    {
+        let t = tok + {u} * PWG;
+        (*q)[{u}] = vec4<u32>(0u);
+        if (w < w_end && t < params.t) {
+            (*q)[{u}] = x[t * W8 + w];
+        }
+    }
+#endunroll
+}
+
+@compute @workgroup_size(PWG)
+fn project(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let g = group_index(wid, nwg);
+    let split = g % CS;
+    let t0 = (g / CS) * PT;
+    if (t0 >= params.t) {
+        return;
+    }
+    let c_begin = min(PCH, split * CPS);
+    let c_end = min(PCH, c_begin + CPS);
+    let w_end = min(W8, c_end * SC);
+    var acc: array<f32, SPT * (M + 1u)>;
+    var pr: array<vec4<f32>, PHL>;
+    var next: array<vec4<u32>, SPT>;
+    if (c_begin < c_end) {
+        phi_chunk(lid, c_begin, &pr);
+        store_phi_chunk(lid, 0u, &pr);
+        load_x_split(&next, t0 + lid, c_begin * SC, w_end);
+    }
+    workgroupBarrier();
+    for (var c = c_begin; c < c_end; c++) {
+        let buf = (c - c_begin) & 1u;
+        if (c + 1u < c_end) {
+            phi_chunk(lid, c + 1u, &pr);
+        }
+        for (var j = 0u; j < SC; j++) {
+            let w = c * SC + j;
+            let cur = next;
+            load_x_split(&next, t0 + lid, w + 1u, w_end);
+            var xa: array<vec4<f32>, SPT>;
+            var xb: array<vec4<f32>, SPT>;
+#unroll u SPT
+            {
+                let lo = lo4(cur[{u}]);
+                let hi = hi4(cur[{u}]);
+                acc[{u} * (M + 1u) + M] += dot(lo, lo) + dot(hi, hi);
+                xa[{u}] = vec4<f32>(lo.x, hi.x, lo.y, hi.y);
+                xb[{u}] = vec4<f32>(lo.z, hi.z, lo.w, hi.w);
+            }
+#endunroll
+#unroll m M
+            {
+                let pa = phi_s[buf * PHV + {m} * SC * 2u + 2u * j];
+                let pb = phi_s[buf * PHV + {m} * SC * 2u + 2u * j + 1u];
+#unroll u SPT
+                acc[{u} * (M + 1u) + {m}] += dot(xa[{u}], pa) + dot(xb[{u}], pb);
+#endunroll
+            }
+#endunroll
+        }
+        if (c + 1u < c_end) {
+            store_phi_chunk(lid, buf ^ 1u, &pr);
+        }
+        workgroupBarrier();
+    }
+    // Every split writes its partials, zeros where it has no columns: `main` adds all CS.
+#unroll u SPT
+    {
+        let tok = t0 + lid + {u} * PWG;
+        if (tok < params.t) {
+#unroll m M
+            part_out[tok * PW + split * (M + 1u) + {m}] = acc[{u} * (M + 1u) + {m}];
+#endunroll
+            part_out[tok * PW + split * (M + 1u) + M] = acc[{u} * (M + 1u) + M];
+        }
+    }
+#endunroll
+}
+#endif
 #else
 fn projections(lane: Lane, tok0: u32) {
     var acc: array<f32, NV>;
@@ -243,7 +394,11 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 #if COOP
     coop_sums(lane, tok0);
 #else
+#if SPLIT
+    split_sums(lane, tok0);
+#else
     projections(lane, tok0);
+#endif
 #endif
 
     // Gates, one invocation per (token, output).

@@ -6,7 +6,7 @@ use common::*;
 use mhc::core::golden::post_forward_f64;
 use mhc::core::random::{PostInputs, PreInputs, TensorRng, seed_from_env};
 use mhc::core::{DType, Dims, Error, PostForwardInputs, PreForwardInputs, PreParams, SinkhornParams};
-use mhc::runtime::{Context, ContextOptions, GpuTensor, Tile, ops};
+use mhc::runtime::{Context, ContextOptions, GpuTensor, SplitTile, Tile, ops};
 
 #[test]
 fn pre_forward_matches_golden_over_shapes() {
@@ -29,6 +29,47 @@ fn pre_forward_single_token_and_gamma_variants() {
 fn pre_forward_without_subgroups() {
     run_pre_forward(ctx_portable(), 7, 4, 64, true, None);
     run_pre_forward(ctx_portable(), 4, 3, 5, false, None);
+}
+
+/// Layouts of the f32 projection over splits of K: several chunks of phi a split (the
+/// double-buffered loop), a last chunk past K, splits with no columns (zero partials), several
+/// token blocks, token chunks and 2D grids.
+#[test]
+fn pre_forward_split_layouts() {
+    let tiles = [
+        SplitTile { splits: 3, chunk_words: 2, tokens_per_invocation: 2, invocations: 64 },
+        SplitTile { splits: 5, chunk_words: 4, tokens_per_invocation: 1, invocations: 32 },
+        SplitTile { splits: 2, chunk_words: 3, tokens_per_invocation: 3, invocations: 16 },
+    ];
+    for tile in tiles {
+        let ctx =
+            Context::with_options(ContextOptions { pre_forward_split: Some(tile), ..Default::default() }).unwrap();
+        run_pre_forward(&ctx, 300, 4, 256, true, None);
+        run_pre_forward(&ctx, 1001, 2, 40, false, Some(SinkhornParams::default()));
+        run_pre_forward(&ctx, 77, 1, 24, true, None);
+        let small = Context::with_options(ContextOptions {
+            pre_forward_split: Some(tile),
+            max_binding_size: Some(64 << 10),
+            max_workgroups_per_dimension: Some(7),
+            ..Default::default()
+        })
+        .unwrap();
+        run_pre_forward(&small, 700, 4, 64, true, None);
+    }
+    let too_big = SplitTile { splits: 1, chunk_words: 4096, tokens_per_invocation: 1, invocations: 64 };
+    let ctx = Context::with_options(ContextOptions { pre_forward_split: Some(too_big), ..Default::default() }).unwrap();
+    let dims = Dims::new(8, 4, 64).unwrap();
+    let host = PreInputs::random(&mut TensorRng::new(seed_from_env()), &dims, true);
+    let (x, phi, alpha, bias, gamma) = (
+        up(&ctx, "x", &host.x),
+        up(&ctx, "phi", &host.phi),
+        up(&ctx, "alpha", &host.alpha),
+        up(&ctx, "bias", &host.bias),
+        up(&ctx, "gamma", host.gamma.as_ref().unwrap()),
+    );
+    let inputs = PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: Some(&gamma) };
+    let err = ops::pre_forward(&ctx, &inputs, &PreParams::default(), None).unwrap_err();
+    assert!(matches!(&err, Error::Param { name, .. } if name == "pre_forward_split"), "{err}");
 }
 
 /// The kernels compiled with wgpu's runtime checks (`MHC_SHADER_CHECKS=1`, off by default).

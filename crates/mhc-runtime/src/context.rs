@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use mhc_core::{Error, Result};
-use mhc_wgsl::{Target, Tile};
+use mhc_wgsl::{SplitTile, Target, Tile};
 
 use crate::pipeline::PipelineCache;
 
@@ -23,6 +23,10 @@ pub struct ContextOptions {
     /// The token layout of mhc_pre forward's vector path, for tuning on a new GPU; by default
     /// chosen from the token count. `Context::new` reads `MHC_PRE_TILE=tb,tpl`.
     pub pre_forward_tile: Option<Tile>,
+    /// The layout of mhc_pre forward's f32 projection over splits of K (`project`), for
+    /// tuning and testing; by default chosen from the shape. `Context::new` reads
+    /// `MHC_PRE_SPLIT=splits,chunk_words,tokens_per_invocation,invocations`.
+    pub pre_forward_split: Option<SplitTile>,
     /// Run mhc_pre forward's projection on f16 cooperative matrices (tensor cores) where the
     /// shape allows (K a multiple of 32, M at most 32, D a multiple of 8): faster, with the
     /// accuracy docs/PERFORMANCE.md states (inside SPEC.md's tolerances; not bit-identical
@@ -50,6 +54,7 @@ impl Default for ContextOptions {
             max_binding_size: None,
             max_workgroups_per_dimension: None,
             pre_forward_tile: None,
+            pre_forward_split: None,
             cooperative_matrix: false,
             shader_checks: false,
         }
@@ -87,6 +92,7 @@ pub struct Context {
     max_binding: u64,
     max_groups: u32,
     pre_tile: Option<Tile>,
+    pre_split: Option<SplitTile>,
     pub(crate) shader_checks: bool,
     pub(crate) pipelines: PipelineCache,
     pub(crate) scratch: crate::scratch::ScratchPool,
@@ -149,6 +155,7 @@ impl Context {
     pub fn new() -> Result<Self> {
         Self::with_options(ContextOptions {
             pre_forward_tile: tile_from_env()?,
+            pre_forward_split: split_from_env()?,
             cooperative_matrix: flag_from_env("MHC_COOP")?,
             shader_checks: flag_from_env("MHC_SHADER_CHECKS")?,
             ..Default::default()
@@ -260,6 +267,7 @@ impl Context {
             max_binding,
             max_groups,
             pre_tile: opts.pre_forward_tile,
+            pre_split: opts.pre_forward_split,
             shader_checks: opts.shader_checks,
             pipelines: PipelineCache::default(),
             scratch: Default::default(),
@@ -299,6 +307,10 @@ impl Context {
 
     pub(crate) fn pre_forward_tile(&self) -> Option<Tile> {
         self.pre_tile
+    }
+
+    pub(crate) fn pre_forward_split(&self) -> Option<SplitTile> {
+        self.pre_split
     }
 
     pub(crate) fn target(&self) -> Target {
@@ -346,6 +358,25 @@ fn flag_from_env(name: &'static str) -> Result<bool> {
         Err(_) | Ok("0") | Ok("") => Ok(false),
         Ok("1") => Ok(true),
         Ok(v) => Err(Error::param(name, format!("expected 0 or 1, got {v:?}"))),
+    }
+}
+
+/// `MHC_PRE_SPLIT=splits,chunk_words,tokens_per_invocation,invocations`: see
+/// [`ContextOptions::pre_forward_split`] (checked against the device when used).
+fn split_from_env() -> Result<Option<SplitTile>> {
+    let Ok(v) = std::env::var("MHC_PRE_SPLIT") else { return Ok(None) };
+    let bad = || {
+        Error::param(
+            "MHC_PRE_SPLIT",
+            format!("expected splits,chunk_words,tokens_per_invocation,invocations, got {v:?}"),
+        )
+    };
+    let parts: Vec<u32> = v.split(',').map(|p| p.trim().parse().map_err(|_| bad())).collect::<Result<_>>()?;
+    match parts[..] {
+        [splits, chunk_words, tokens_per_invocation, invocations] => {
+            Ok(Some(SplitTile { splits, chunk_words, tokens_per_invocation, invocations }))
+        }
+        _ => Err(bad()),
     }
 }
 

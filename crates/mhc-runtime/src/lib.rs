@@ -16,7 +16,7 @@ mod timing;
 
 pub use context::{Capabilities, Context, ContextOptions, adapters};
 pub use mhc_core::TensorMeta;
-pub use mhc_wgsl::Tile;
+pub use mhc_wgsl::{SplitTile, Tile};
 pub use tensor::GpuTensor;
 pub use timing::PassTime;
 pub use wgpu;

@@ -62,22 +62,95 @@ impl Tile {
     }
 }
 
-/// mhc_pre forward: the whole layer for a tile of tokens in one workgroup. With `coop_splits`
-/// (vector path only) the projection's sums come from [`pre_forward_coop`]'s partials over
-/// that many splits of K.
-pub fn pre_forward(n: u32, d: u32, sinkhorn: bool, target: Target, tile: Tile, coop_splits: Option<u32>) -> Spec {
-    let coop_splits = coop_splits.filter(|_| d.is_multiple_of(8));
+/// Where the vector path of mhc_pre forward gets its projection sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Projection {
+    /// `main` computes them for its tile of tokens.
+    InMain,
+    /// From [`pre_forward_coop`]'s partials over this many splits of K.
+    Coop(u32),
+    /// From the f32 partials of `project` (pre_forward.wgsl), laid out by the tile.
+    Split(SplitTile),
+}
+
+/// mhc_pre forward: the whole layer for a tile of tokens in one workgroup; with a
+/// [`Projection`] other than `InMain` (vector path only), the projection's sums come from
+/// partials over splits of K.
+pub fn pre_forward(n: u32, d: u32, sinkhorn: bool, target: Target, tile: Tile, projection: Projection) -> Spec {
+    let projection = if d.is_multiple_of(8) { projection } else { Projection::InMain };
+    let (splits, per_split) = match projection {
+        Projection::InMain => (1, 1),
+        Projection::Coop(splits) => (splits, COOP_PART_PER_SPLIT),
+        Projection::Split(t) => (t.splits, m_of(n) + 1),
+    };
+    let split = match projection {
+        Projection::Split(t) => t,
+        _ => SplitTile { splits: 1, chunk_words: 1, tokens_per_invocation: 1, invocations: 64 },
+    };
     let spec = base(n, d, 256, target)
         .flag("SINKHORN", sinkhorn)
-        .flag("COOP", coop_splits.is_some())
-        .with("CS", coop_splits.unwrap_or(1))
-        .with("PW", coop_splits.unwrap_or(1) * COOP_PART_PER_SPLIT);
+        .flag("PARTS", projection != Projection::InMain)
+        .flag("COOP", matches!(projection, Projection::Coop(_)))
+        .flag("SPLIT", matches!(projection, Projection::Split(_)))
+        .with("CS", splits)
+        .with("PW", splits * per_split)
+        .with("SC", split.chunk_words)
+        .with("SPT", split.tokens_per_invocation)
+        .with("PWG", split.invocations)
+        // phi's vec4s an invocation stages a chunk.
+        .with("PHL", (m_of(n) * split.chunk_words * 2).div_ceil(split.invocations));
     if d.is_multiple_of(8) {
         // block_reduce is not used on this path; NV only sizes its (unused) arrays.
         spec.with("TB", tile.tb).with("TPL", tile.tpl).with("NV", m_of(n) + 1)
     } else {
         let tb = tokens_per_group(m_of(n) + 1, 100);
         spec.with("TB", tb).with("NV", tb * (m_of(n) + 1))
+    }
+}
+
+/// How `project` of mhc_pre forward's vector path lays out the f32 projection: `splits`
+/// splits of K, each a workgroup of `invocations` taking `tokens_per_invocation` tokens
+/// each, phi staged `chunk_words` words (8 columns each) at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SplitTile {
+    /// Splits of K, each with its own partial sums (M + 1 floats a token).
+    pub splits: u32,
+    /// Words of K a chunk of phi in shared memory holds.
+    pub chunk_words: u32,
+    /// Tokens an invocation.
+    pub tokens_per_invocation: u32,
+    /// Invocations a workgroup.
+    pub invocations: u32,
+}
+
+/// Workgroups `project` aims at: a few for each of an H200's 132 multiprocessors, while the
+/// partials (M + 1 floats a token a split) stay a small part of x's traffic.
+const SPLIT_TARGET_GROUPS: usize = 384;
+/// `main` adds a token's partials with one load each, unrolled: at most this many splits.
+const MAX_SPLITS: u32 = 32;
+
+impl SplitTile {
+    /// Tokens a workgroup of `project` takes.
+    pub fn tokens(&self) -> u32 {
+        self.invocations * self.tokens_per_invocation
+    }
+
+    /// The layout for `tokens` tokens of `n` streams of width `d`; `None` off the vector path
+    /// (D not a multiple of 8). phi's chunks, double-buffered, stay within the 16 KB of
+    /// workgroup memory every adapter has.
+    pub fn for_shape(n: u32, d: u32, tokens: usize) -> Option<SplitTile> {
+        if !d.is_multiple_of(8) {
+            return None;
+        }
+        let m = m_of(n);
+        // Two buffers of M x 8 columns x 4 bytes a word.
+        let chunk_words = (16384 / (64 * m)).clamp(1, 16);
+        let chunk_words = 1 << chunk_words.ilog2();
+        let (invocations, tokens_per_invocation) = (128, if m <= 24 { 2 } else { 1 });
+        let blocks = tokens.div_ceil((invocations * tokens_per_invocation) as usize).max(1);
+        let chunks = (n * d / 8).div_ceil(chunk_words);
+        let splits = (SPLIT_TARGET_GROUPS.div_ceil(blocks) as u32).clamp(1, MAX_SPLITS.min(chunks));
+        Some(SplitTile { splits, chunk_words, tokens_per_invocation, invocations })
     }
 }
 

@@ -11,7 +11,10 @@ mod kernels;
 mod preprocess;
 mod spec;
 
-pub use kernels::{CoopTile, Target, Tile, bench, optim, post, pre_backward, pre_forward, pre_forward_coop, sinkhorn};
+pub use kernels::{
+    CoopTile, Projection, SplitTile, Target, Tile, bench, optim, post, pre_backward, pre_forward, pre_forward_coop,
+    sinkhorn,
+};
 pub use preprocess::preprocess;
 pub use spec::Spec;
 
@@ -23,7 +26,7 @@ const SINKHORN_MATH: &str = include_str!("../../../shaders/sinkhorn_math.wgsl");
 /// A kernel family: one WGSL file, possibly several entry points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
-    /// mhc_pre forward, fused: `fold_gamma` and `main`.
+    /// mhc_pre forward: `fold_gamma`, `main` and its f32 projection over splits of K, `project`.
     PreForward,
     /// mhc_pre forward's projection on f16 cooperative matrices (Vulkan; opt-in).
     PreForwardCoop,
@@ -90,7 +93,7 @@ impl Family {
     /// The entry points of the family's file.
     pub fn entry_points(self) -> &'static [&'static str] {
         match self {
-            Family::PreForward => &["fold_gamma", "main"],
+            Family::PreForward => &["fold_gamma", "main", "project"],
             Family::PreForwardCoop => &["phi_top", "split_phi", "project"],
             Family::PreBackward => &["rows", "cols", "finish"],
             Family::Sinkhorn => &["forward", "backward"],

@@ -1,7 +1,7 @@
 use bytemuck::Zeroable;
 use mhc_core::shape::expect_per_token;
 use mhc_core::{DType, Dims, Error, PreForwardInputs, PreParams, Result, SinkhornParams};
-use mhc_wgsl::{CoopTile, Family, Tile};
+use mhc_wgsl::{CoopTile, Family, Projection, SplitTile, Tile};
 
 use super::to_u32;
 use crate::dispatch::Chunks;
@@ -127,7 +127,17 @@ pub fn pre_forward_into(
     let (n, d) = (to_u32(dims.n, "n")?, to_u32(dims.d, "D")?);
     let tile = ctx.pre_forward_tile().unwrap_or_else(|| Tile::for_tokens(n, dims.t));
     let coop = if ctx.capabilities().cooperative_matrix { CoopTile::for_shape(n, d, dims.t) } else { None };
-    let spec = mhc_wgsl::pre_forward(n, d, sinkhorn.is_some(), ctx.target(), tile, coop.map(|c| c.splits));
+    let split = match (coop, ctx.pre_forward_split()) {
+        (Some(_), _) => None,
+        (None, Some(forced)) if d.is_multiple_of(8) => Some(check_split(ctx, n, forced)?),
+        (None, _) => SplitTile::for_shape(n, d, dims.t),
+    };
+    let projection = match (coop, split) {
+        (Some(c), _) => Projection::Coop(c.splits),
+        (None, Some(s)) => Projection::Split(s),
+        (None, None) => Projection::InMain,
+    };
+    let spec = mhc_wgsl::pre_forward(n, d, sinkhorn.is_some(), ctx.target(), tile, projection);
     let tb = spec.get("TB").expect("pre_forward spec sets TB") as usize;
     let tokens_per_group = tb * spec.get("TPL").map_or(1, |v| v as usize);
     let pipeline = ctx.pipeline(Family::PreForward, "main", &spec)?;
@@ -162,10 +172,29 @@ pub fn pre_forward_into(
         rows.push((12, l, "h_res_logits"));
     }
     let coop = coop.map(|c| CoopProjection::new(ctx, &dims, c)).transpose()?;
-    let mut whole = vec![(2, phi), (3, inp.alpha), (4, inp.bias)];
+    let split = match split {
+        Some(s) => Some((
+            s,
+            ctx.pipeline(Family::PreForward, "project", &spec)?,
+            ctx.scratch(
+                "projection partials",
+                &[dims.t, spec.get("PW").expect("pre_forward spec sets PW") as usize],
+                DType::F32,
+            )?,
+        )),
+        None => None,
+    };
+    let mut whole = vec![(3, inp.alpha), (4, inp.bias)];
+    // `main` reads phi unless `project` does its projection.
+    if split.is_none() {
+        whole.push((2, phi));
+    }
     if let Some(c) = &coop {
         rows.push((16, &c.part, "projection partials"));
         whole.push((17, &c.unscale));
+    }
+    if let Some((_, _, part)) = &split {
+        rows.push((16, part, "projection partials"));
     }
     let chunks = ctx.chunks_for(dims.t, &rows)?;
     let sk = sinkhorn.copied().unwrap_or_default();
@@ -188,8 +217,37 @@ pub fn pre_forward_into(
         if let Some(c) = &coop {
             c.record(ctx, pass, phi, inp.x, &chunks)?;
         }
+        if let Some((s, project, part)) = &split {
+            let rows = [(1, inp.x, "x"), (18, part, "projection partials")];
+            ctx.record_chunks(pass, project, &chunks, &rows, &[(2, phi)], params, |r| {
+                r.len().div_ceil(s.tokens() as usize) * s.splits as usize
+            })?;
+        }
         ctx.record_chunks(pass, &pipeline, &chunks, &rows, &whole, params, |r| r.len().div_ceil(tokens_per_group))
     })
+}
+
+/// A layout forced through `ContextOptions::pre_forward_split`, if the device can run it.
+fn check_split(ctx: &Context, n: u32, s: SplitTile) -> Result<SplitTile> {
+    let limits = ctx.device.limits();
+    let shared = 2 * (n * n + 2 * n) * s.chunk_words * 32;
+    let fits = s.splits >= 1
+        && s.chunk_words >= 1
+        && (1..=8).contains(&s.tokens_per_invocation)
+        && s.invocations.is_power_of_two()
+        && s.invocations <= limits.max_compute_invocations_per_workgroup
+        && shared <= limits.max_compute_workgroup_storage_size;
+    if fits {
+        Ok(s)
+    } else {
+        Err(Error::param(
+            "pre_forward_split",
+            format!(
+                "{s:?} does not fit this device (splits and chunk_words >= 1, tokens_per_invocation 1..=8, invocations a power of two <= {}, {shared} bytes of workgroup memory <= {})",
+                limits.max_compute_invocations_per_workgroup, limits.max_compute_workgroup_storage_size
+            ),
+        ))
+    }
 }
 
 /// The cooperative-matrix projection of one call (`pre_forward_coop.wgsl`): phi split into
