@@ -14,7 +14,7 @@ fn specs(family: Family) -> Vec<Spec> {
             for t in targets {
                 out.extend(match family {
                     Family::PreForward => {
-                        let split = |tokens| mhc_wgsl::SplitTile::for_shape(n, d, tokens).map(Projection::Split);
+                        let split = |tokens| mhc_wgsl::SplitTile::for_shape(n, d, tokens, 16384).map(Projection::Split);
                         [
                             (false, 8, 1, Some(Projection::InMain)),
                             (true, 32, 2, Some(Projection::InMain)),

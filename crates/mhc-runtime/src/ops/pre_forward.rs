@@ -130,7 +130,7 @@ pub fn pre_forward_into(
     let split = match (coop, ctx.pre_forward_split()) {
         (Some(_), _) => None,
         (None, Some(forced)) if d.is_multiple_of(8) => Some(check_split(ctx, n, forced)?),
-        (None, _) => SplitTile::for_shape(n, d, dims.t),
+        (None, _) => SplitTile::for_shape(n, d, dims.t, ctx.device.limits().max_compute_workgroup_storage_size),
     };
     let projection = match (coop, split) {
         (Some(c), _) => Projection::Coop(c.splits),
@@ -230,7 +230,7 @@ pub fn pre_forward_into(
 /// A layout forced through `ContextOptions::pre_forward_split`, if the device can run it.
 fn check_split(ctx: &Context, n: u32, s: SplitTile) -> Result<SplitTile> {
     let limits = ctx.device.limits();
-    let shared = 2 * (n * n + 2 * n) * s.chunk_words * 32;
+    let shared = s.workgroup_bytes(n);
     let fits = s.splits >= 1
         && s.chunk_words >= 1
         && (1..=8).contains(&s.tokens_per_invocation)
