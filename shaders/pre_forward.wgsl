@@ -98,6 +98,18 @@ fn store_h_in(e: u32, v: f32) {
 // The RMS and the M dot products of the workgroup's tokens, summed over the workgroup:
 // sum(b, m) for token b of the tile and output m (m == M: the sum of squares).
 #if VEC4
+// a + xa . pa + xb . pb as one chain of fused multiply-adds: no separate products or adds.
+fn fma8(a: f32, xa: vec4<f32>, xb: vec4<f32>, pa: vec4<f32>, pb: vec4<f32>) -> f32 {
+    var s = fma(xa.x, pa.x, a);
+    s = fma(xa.y, pa.y, s);
+    s = fma(xa.z, pa.z, s);
+    s = fma(xa.w, pa.w, s);
+    s = fma(xb.x, pb.x, s);
+    s = fma(xb.y, pb.y, s);
+    s = fma(xb.z, pb.z, s);
+    return fma(xb.w, pb.w, s);
+}
+
 // Word w of the invocation's TPL tokens (tok, tok + TB, ...); zeros past the end.
 fn load_x(q: ptr<function, array<vec4<u32>, TPL>>, tok: u32, w: u32, w_end: u32) {
 #unroll u TPL
@@ -128,9 +140,9 @@ fn projections(lane: Lane, tok0: u32) {
         {
             let lo = lo4(cur[{u}]);
             let hi = hi4(cur[{u}]);
-            acc[{u} * (M + 1u) + M] += dot(lo, lo) + dot(hi, hi);
             xa[{u}] = vec4<f32>(lo.x, hi.x, lo.y, hi.y);
             xb[{u}] = vec4<f32>(lo.z, hi.z, lo.w, hi.w);
+            acc[{u} * (M + 1u) + M] = fma8(acc[{u} * (M + 1u) + M], xa[{u}], xb[{u}], xa[{u}], xb[{u}]);
         }
 #endunroll
 #unroll m M
@@ -138,7 +150,7 @@ fn projections(lane: Lane, tok0: u32) {
             let pa = phi[{m} * (K / 4u) + 2u * w];
             let pb = phi[{m} * (K / 4u) + 2u * w + 1u];
 #unroll u TPL
-            acc[{u} * (M + 1u) + {m}] += dot(xa[{u}], pa) + dot(xb[{u}], pb);
+            acc[{u} * (M + 1u) + {m}] = fma8(acc[{u} * (M + 1u) + {m}], xa[{u}], xb[{u}], pa, pb);
 #endunroll
         }
 #endunroll
@@ -318,9 +330,9 @@ fn project(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             {
                 let lo = lo4(cur[{u}]);
                 let hi = hi4(cur[{u}]);
-                acc[{u} * (M + 1u) + M] += dot(lo, lo) + dot(hi, hi);
                 xa[{u}] = vec4<f32>(lo.x, hi.x, lo.y, hi.y);
                 xb[{u}] = vec4<f32>(lo.z, hi.z, lo.w, hi.w);
+                acc[{u} * (M + 1u) + M] = fma8(acc[{u} * (M + 1u) + M], xa[{u}], xb[{u}], xa[{u}], xb[{u}]);
             }
 #endunroll
 #unroll m M
@@ -328,7 +340,7 @@ fn project(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                 let pa = phi_s[buf * PHV + {m} * SC * 2u + 2u * j];
                 let pb = phi_s[buf * PHV + {m} * SC * 2u + 2u * j + 1u];
 #unroll u SPT
-                acc[{u} * (M + 1u) + {m}] += dot(xa[{u}], pa) + dot(xb[{u}], pb);
+                acc[{u} * (M + 1u) + {m}] = fma8(acc[{u} * (M + 1u) + {m}], xa[{u}], xb[{u}], pa, pb);
 #endunroll
             }
 #endunroll
