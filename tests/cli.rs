@@ -629,6 +629,37 @@ fn check_quick_passes() {
     }
 }
 
+/// The tuning variables: a valid value is used (`mhc check` still passes), a malformed one is
+/// an error naming the variable and what it expects.
+#[test]
+fn tuning_variables_are_used_or_refused() {
+    let check = |var: &str, value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mhc"))
+            .args(["check", "--quick"])
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .env("MHC_SEED", seed().to_string())
+            .env(var, value)
+            .output()
+            .expect("the mhc binary starts")
+    };
+    for (var, value) in [("MHC_PRE_SPLIT", "off"), ("MHC_PRE_SPLIT", "3,2,2,64"), ("MHC_PRE_TILE", "16,2")] {
+        let out = check(var, value);
+        let ctx = format!("{var}={value}\nstdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{ctx}");
+        assert!(text(&out.stdout).lines().any(|l| l.trim() == "all outputs PASS"), "{ctx}");
+    }
+    for (var, value, expected) in [
+        ("MHC_PRE_SPLIT", "on", "splits,chunk_words,tokens_per_invocation,invocations"),
+        ("MHC_PRE_SPLIT", "3,2,2", "splits,chunk_words,tokens_per_invocation,invocations"),
+        ("MHC_PRE_TILE", "3,2", "tb,tpl"),
+    ] {
+        let out = check(var, value);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        assert!(err.contains(var) && err.contains(expected), "{var}={value}: {err}");
+    }
+}
+
 const BENCH_ROWS: [&str; 7] = [
     "pre-forward",
     "pre-forward+sinkhorn",

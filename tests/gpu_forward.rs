@@ -6,7 +6,7 @@ use common::*;
 use mhc::core::golden::post_forward_f64;
 use mhc::core::random::{PostInputs, PreInputs, TensorRng, seed_from_env};
 use mhc::core::{DType, Dims, Error, PostForwardInputs, PreForwardInputs, PreParams, SinkhornParams};
-use mhc::runtime::{Context, ContextOptions, GpuTensor, SplitTile, Tile, ops};
+use mhc::runtime::{Context, ContextOptions, GpuTensor, PreSplit, SplitTile, Tile, ops};
 
 #[test]
 fn pre_forward_matches_golden_over_shapes() {
@@ -42,13 +42,16 @@ fn pre_forward_split_layouts() {
         SplitTile { splits: 2, chunk_words: 3, tokens_per_invocation: 3, invocations: 16 },
     ];
     for tile in tiles {
-        let ctx =
-            Context::with_options(ContextOptions { pre_forward_split: Some(tile), ..Default::default() }).unwrap();
+        let ctx = Context::with_options(ContextOptions {
+            pre_forward_split: Some(PreSplit::Tile(tile)),
+            ..Default::default()
+        })
+        .unwrap();
         run_pre_forward(&ctx, 300, 4, 256, true, None);
         run_pre_forward(&ctx, 1001, 2, 40, false, Some(SinkhornParams::default()));
         run_pre_forward(&ctx, 77, 1, 24, true, None);
         let small = Context::with_options(ContextOptions {
-            pre_forward_split: Some(tile),
+            pre_forward_split: Some(PreSplit::Tile(tile)),
             max_binding_size: Some(64 << 10),
             max_workgroups_per_dimension: Some(7),
             ..Default::default()
@@ -57,7 +60,11 @@ fn pre_forward_split_layouts() {
         run_pre_forward(&small, 700, 4, 64, true, None);
     }
     let too_big = SplitTile { splits: 1, chunk_words: 4096, tokens_per_invocation: 1, invocations: 64 };
-    let ctx = Context::with_options(ContextOptions { pre_forward_split: Some(too_big), ..Default::default() }).unwrap();
+    let ctx = Context::with_options(ContextOptions {
+        pre_forward_split: Some(PreSplit::Tile(too_big)),
+        ..Default::default()
+    })
+    .unwrap();
     let dims = Dims::new(8, 4, 64).unwrap();
     let host = PreInputs::random(&mut TensorRng::new(seed_from_env()), &dims, true);
     let (x, phi, alpha, bias, gamma) = (
@@ -80,15 +87,30 @@ fn pre_forward_with_shader_checks() {
     run_pre_forward(&ctx, 4, 3, 5, false, None);
 }
 
-/// Every token layout of the vector path gives the same answers, over many workgroups.
+/// Every token layout of the vector path gives the same answers, over many workgroups, with
+/// the projection over splits of K (the default) and in `main` (the tensor-core path's
+/// fallback, which an adapter without cooperative matrices reaches only this way).
 #[test]
 fn pre_forward_tiles() {
-    for (tb, tpl) in [(8, 1), (16, 2), (32, 2), (4, 3)] {
-        let opts = ContextOptions { pre_forward_tile: Some(Tile { tb, tpl }), ..Default::default() };
-        let ctx = Context::with_options(opts).unwrap();
-        run_pre_forward(&ctx, 301, 4, 64, true, None);
-        run_pre_forward(&ctx, 97, 2, 40, false, Some(SinkhornParams::default()));
+    for split in [None, Some(PreSplit::Off)] {
+        for (tb, tpl) in [(8, 1), (16, 2), (32, 2), (4, 3)] {
+            let opts = ContextOptions {
+                pre_forward_tile: Some(Tile { tb, tpl }),
+                pre_forward_split: split,
+                ..Default::default()
+            };
+            let ctx = Context::with_options(opts).unwrap();
+            run_pre_forward(&ctx, 301, 4, 64, true, None);
+            run_pre_forward(&ctx, 97, 2, 40, false, Some(SinkhornParams::default()));
+        }
     }
+    let in_main = ContextOptions {
+        pre_forward_split: Some(PreSplit::Off),
+        max_binding_size: Some(64 << 10),
+        max_workgroups_per_dimension: Some(7),
+        ..Default::default()
+    };
+    run_pre_forward(&Context::with_options(in_main).unwrap(), 700, 4, 64, true, None);
 }
 
 #[test]

@@ -23,10 +23,11 @@ pub struct ContextOptions {
     /// The token layout of mhc_pre forward's vector path, for tuning on a new GPU; by default
     /// chosen from the token count. `Context::new` reads `MHC_PRE_TILE=tb,tpl`.
     pub pre_forward_tile: Option<Tile>,
-    /// The layout of mhc_pre forward's f32 projection over splits of K (`project`), for
-    /// tuning and testing; by default chosen from the shape. `Context::new` reads
-    /// `MHC_PRE_SPLIT=splits,chunk_words,tokens_per_invocation,invocations`.
-    pub pre_forward_split: Option<SplitTile>,
+    /// Where mhc_pre forward's vector path computes its f32 projection, for tuning and
+    /// testing; by default over splits of K with a layout chosen from the shape and device.
+    /// `Context::new` reads `MHC_PRE_SPLIT=splits,chunk_words,tokens_per_invocation,invocations`
+    /// or `MHC_PRE_SPLIT=off`.
+    pub pre_forward_split: Option<PreSplit>,
     /// Run mhc_pre forward's projection on f16 cooperative matrices (tensor cores) where the
     /// shape allows (K a multiple of 32, M at most 32, D a multiple of 8): faster, with the
     /// accuracy docs/PERFORMANCE.md states (inside SPEC.md's tolerances; not bit-identical
@@ -44,6 +45,16 @@ pub struct ContextOptions {
     /// rely, like the arrays, on the indices being in range). For debugging a kernel;
     /// `Context::new` reads `MHC_SHADER_CHECKS=1`.
     pub shader_checks: bool,
+}
+
+/// Where mhc_pre forward's vector path (D a multiple of 8) computes its f32 projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreSplit {
+    /// In `main`, for its own tile of tokens: one dispatch, phi read by every invocation (the
+    /// tensor-core path's fallback for tiles it cannot take).
+    Off,
+    /// In `project`, over splits of K with this layout, before `main`.
+    Tile(SplitTile),
 }
 
 impl Default for ContextOptions {
@@ -92,7 +103,7 @@ pub struct Context {
     max_binding: u64,
     max_groups: u32,
     pre_tile: Option<Tile>,
-    pre_split: Option<SplitTile>,
+    pre_split: Option<PreSplit>,
     pub(crate) shader_checks: bool,
     pub(crate) pipelines: PipelineCache,
     pub(crate) scratch: crate::scratch::ScratchPool,
@@ -309,7 +320,7 @@ impl Context {
         self.pre_tile
     }
 
-    pub(crate) fn pre_forward_split(&self) -> Option<SplitTile> {
+    pub(crate) fn pre_forward_split(&self) -> Option<PreSplit> {
         self.pre_split
     }
 
@@ -361,20 +372,23 @@ fn flag_from_env(name: &'static str) -> Result<bool> {
     }
 }
 
-/// `MHC_PRE_SPLIT=splits,chunk_words,tokens_per_invocation,invocations`: see
+/// `MHC_PRE_SPLIT=splits,chunk_words,tokens_per_invocation,invocations` or `off`: see
 /// [`ContextOptions::pre_forward_split`] (checked against the device when used).
-fn split_from_env() -> Result<Option<SplitTile>> {
+fn split_from_env() -> Result<Option<PreSplit>> {
     let Ok(v) = std::env::var("MHC_PRE_SPLIT") else { return Ok(None) };
+    if v == "off" {
+        return Ok(Some(PreSplit::Off));
+    }
     let bad = || {
         Error::param(
             "MHC_PRE_SPLIT",
-            format!("expected splits,chunk_words,tokens_per_invocation,invocations, got {v:?}"),
+            format!("expected off or splits,chunk_words,tokens_per_invocation,invocations, got {v:?}"),
         )
     };
     let parts: Vec<u32> = v.split(',').map(|p| p.trim().parse().map_err(|_| bad())).collect::<Result<_>>()?;
     match parts[..] {
         [splits, chunk_words, tokens_per_invocation, invocations] => {
-            Ok(Some(SplitTile { splits, chunk_words, tokens_per_invocation, invocations }))
+            Ok(Some(PreSplit::Tile(SplitTile { splits, chunk_words, tokens_per_invocation, invocations })))
         }
         _ => Err(bad()),
     }

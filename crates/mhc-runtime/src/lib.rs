@@ -14,7 +14,7 @@ mod scratch;
 mod tensor;
 mod timing;
 
-pub use context::{Capabilities, Context, ContextOptions, adapters};
+pub use context::{Capabilities, Context, ContextOptions, PreSplit, adapters};
 pub use mhc_core::TensorMeta;
 pub use mhc_wgsl::{SplitTile, Tile};
 pub use tensor::GpuTensor;

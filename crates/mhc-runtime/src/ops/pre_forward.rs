@@ -6,7 +6,7 @@ use mhc_wgsl::{CoopTile, Family, Projection, SplitTile, Tile};
 use super::to_u32;
 use crate::dispatch::Chunks;
 use crate::pipeline::Kernel;
-use crate::{Context, GpuTensor};
+use crate::{Context, GpuTensor, PreSplit};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -129,7 +129,8 @@ pub fn pre_forward_into(
     let coop = if ctx.capabilities().cooperative_matrix { CoopTile::for_shape(n, d, dims.t) } else { None };
     let split = match (coop, ctx.pre_forward_split()) {
         (Some(_), _) => None,
-        (None, Some(forced)) if d.is_multiple_of(8) => Some(check_split(ctx, n, forced)?),
+        (None, Some(PreSplit::Off)) => None,
+        (None, Some(PreSplit::Tile(forced))) if d.is_multiple_of(8) => Some(check_split(ctx, n, forced)?),
         (None, _) => SplitTile::for_shape(n, d, dims.t, ctx.device.limits().max_compute_workgroup_storage_size),
     };
     let projection = match (coop, split) {
