@@ -160,6 +160,10 @@ impl SplitTile {
     }
 }
 
+/// Workgroups the cooperative-matrix `project` aims at (see `CoopTile::for_shape`). The f32
+/// `project` was fastest at one wave (`SPLIT_TARGET_GROUPS`); whether this one is too is not
+/// measured.
+const COOP_TARGET_GROUPS: usize = 512;
 /// Floats a token of the cooperative-matrix partials takes per split of K: 32 sums, the sum
 /// of squares, max |x|.
 const COOP_PART_PER_SPLIT: u32 = 34;
@@ -191,8 +195,8 @@ impl CoopTile {
     /// The layout for `tokens` tokens, or `None` where the shape does not fit the path (M
     /// above 32, D not a multiple of 8, K not a multiple of the chunk). 8 subgroups and
     /// 32-column chunks timed best on an H200 (4 subgroups, or 64-column chunks, were 1.2-1.3x
-    /// slower). Splits are added until there are about 4 workgroups for each of 132
-    /// multiprocessors (an H200).
+    /// slower). Splits are added until there are about 512 workgroups (4 for each of an
+    /// H200's 132 multiprocessors).
     pub fn for_shape(n: u32, d: u32, tokens: usize) -> Option<CoopTile> {
         let (subgroups, chunk) = (8, 32);
         let k = n * d;
@@ -205,7 +209,7 @@ impl CoopTile {
         for s in 1..=16 {
             if chunks.is_multiple_of(s) {
                 splits = s;
-                if groups * s as usize >= 512 {
+                if groups * s as usize >= COOP_TARGET_GROUPS {
                     break;
                 }
             }
