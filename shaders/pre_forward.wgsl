@@ -110,16 +110,18 @@ fn fma8(a: f32, xa: vec4<f32>, xb: vec4<f32>, pa: vec4<f32>, pb: vec4<f32>) -> f
     return fma(xb.w, pb.w, s);
 }
 
-// Word w of the invocation's TPL tokens (tok, tok + TB, ...); zeros past the end.
+// Word w of token t's x; zeros from w_end on and past the last token.
+fn x_word(t: u32, w: u32, w_end: u32) -> vec4<u32> {
+    if (w < w_end && t < params.t) {
+        return x[t * W8 + w];
+    }
+    return vec4<u32>(0u);
+}
+
+// Word w of the invocation's TPL tokens (tok, tok + TB, ...).
 fn load_x(q: ptr<function, array<vec4<u32>, TPL>>, tok: u32, w: u32, w_end: u32) {
 #unroll u TPL
-    {
-        let t = tok + {u} * TB;
-        (*q)[{u}] = vec4<u32>(0u);
-        if (w < w_end && t < params.t) {
-            (*q)[{u}] = x[t * W8 + w];
-        }
-    }
+    (*q)[{u}] = x_word(tok + {u} * TB, w, w_end);
 #endunroll
 }
 
@@ -282,16 +284,10 @@ fn store_phi_chunk(lid: u32, buf: u32, regs: ptr<function, array<vec4<f32>, PHL>
 #endunroll
 }
 
-// Word w of the invocation's SPT tokens; zeros from w_end on and past the last token.
+// Word w of the invocation's SPT tokens (tok, tok + PWG, ...).
 fn load_x_split(q: ptr<function, array<vec4<u32>, SPT>>, tok: u32, w: u32, w_end: u32) {
 #unroll u SPT
-    {
-        let t = tok + {u} * PWG;
-        (*q)[{u}] = vec4<u32>(0u);
-        if (w < w_end && t < params.t) {
-            (*q)[{u}] = x[t * W8 + w];
-        }
-    }
+    (*q)[{u}] = x_word(tok + {u} * PWG, w, w_end);
 #endunroll
 }
 
