@@ -9,7 +9,9 @@
 // invocations) and TPL (tokens an invocation); the scalar path TB tokens a workgroup and
 // NV = TB * (M + 1).
 //
-// gamma is folded into phi beforehand (`fold_gamma`), so the projection reads one matrix.
+// gamma is folded into phi beforehand (`fold_gamma`), so the projection reads one matrix; with
+// flag GAMMA (SPLIT only) `project` multiplies phi's chunks by gamma as it stages them instead,
+// and no fold runs.
 // Pass 1 reads x once: the RMS and the M dot products with phi. The gates follow, one
 // invocation per (token, output). Pass 2 reads x again for h_in = sum_i h_pre[i] * x[i, :].
 
@@ -267,6 +269,10 @@ fn phi_chunk(lid: u32, ch: u32, regs: ptr<function, array<vec4<f32>, PHL>>) {
         let q = e % (SC * 2u);
         if (e < PHV && ch * SC + q / 2u < W8) {
             v = phi[m * (K / 4u) + ch * SC * 2u + q];
+#if GAMMA
+            let k = (ch * SC * 2u + q) * 4u;
+            v *= vec4<f32>(gamma[k], gamma[k + 1u], gamma[k + 2u], gamma[k + 3u]);
+#endif
         }
         (*regs)[{i}] = v;
     }

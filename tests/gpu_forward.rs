@@ -40,6 +40,7 @@ fn pre_forward_split_layouts() {
         SplitTile { splits: 3, chunk_words: 2, tokens_per_invocation: 2, invocations: 64 },
         SplitTile { splits: 5, chunk_words: 4, tokens_per_invocation: 1, invocations: 32 },
         SplitTile { splits: 2, chunk_words: 3, tokens_per_invocation: 3, invocations: 16 },
+        SplitTile { splits: 4, chunk_words: 16, tokens_per_invocation: 4, invocations: 32 },
     ];
     for tile in tiles {
         let ctx = Context::with_options(ContextOptions {

@@ -75,8 +75,18 @@ pub enum Projection {
 
 /// mhc_pre forward: the whole layer for a tile of tokens in one workgroup; with a
 /// [`Projection`] other than `InMain` (vector path only), the projection's sums come from
-/// partials over splits of K.
-pub fn pre_forward(n: u32, d: u32, sinkhorn: bool, target: Target, tile: Tile, projection: Projection) -> Spec {
+/// partials over splits of K. With `gamma`, flag GAMMA says whether `project` applies it
+/// (`Projection::Split`: it scales phi's chunks as it stages them); otherwise the caller folds
+/// gamma into phi first (`fold_gamma`).
+pub fn pre_forward(
+    n: u32,
+    d: u32,
+    sinkhorn: bool,
+    gamma: bool,
+    target: Target,
+    tile: Tile,
+    projection: Projection,
+) -> Spec {
     let projection = if d.is_multiple_of(8) { projection } else { Projection::InMain };
     let (splits, per_split) = match projection {
         Projection::InMain => (1, 1),
@@ -92,6 +102,7 @@ pub fn pre_forward(n: u32, d: u32, sinkhorn: bool, target: Target, tile: Tile, p
         .flag("PARTS", projection != Projection::InMain)
         .flag("COOP", matches!(projection, Projection::Coop(_)))
         .flag("SPLIT", matches!(projection, Projection::Split(_)))
+        .flag("GAMMA", gamma && matches!(projection, Projection::Split(_)))
         .with("CS", splits)
         .with("PW", splits * per_split)
         .with("SC", split.chunk_words)
@@ -152,7 +163,15 @@ impl SplitTile {
         // two buffers of M x 8 columns x 4 bytes a word.
         let chunk_words = (workgroup_storage / (64 * m)).clamp(1, 16);
         let chunk_words = 1 << chunk_words.ilog2();
-        let (invocations, tokens_per_invocation) = (128, if m <= 24 { 2 } else { 1 });
+        // 4 tokens an invocation halve phi's shared-memory loads a token; on an H200 that was
+        // faster where K and T are large (16384 x 4096: 427-439 us for `project` against
+        // 463 us with 2; 8192 x 7168: 551 against 569 us for the operator), not at K = 10240.
+        let tokens_per_invocation = match m {
+            ..=24 if n * d >= 16384 && tokens >= 8192 => 4,
+            ..=24 => 2,
+            _ => 1,
+        };
+        let invocations = 128;
         let blocks = tokens.div_ceil((invocations * tokens_per_invocation) as usize).max(1);
         let chunks = (n * d / 8).div_ceil(chunk_words);
         let splits = (SPLIT_TARGET_GROUPS.div_ceil(blocks) as u32).clamp(1, MAX_SPLITS.min(chunks));

@@ -16,16 +16,17 @@ fn specs(family: Family) -> Vec<Spec> {
                     Family::PreForward => {
                         let split = |tokens| mhc_wgsl::SplitTile::for_shape(n, d, tokens, 16384).map(Projection::Split);
                         [
-                            (false, 8, 1, Some(Projection::InMain)),
-                            (true, 32, 2, Some(Projection::InMain)),
-                            (true, 16, 1, Some(Projection::Coop(4))),
-                            (false, 8, 2, Some(Projection::Coop(1))),
-                            (true, 8, 2, split(1)),
-                            (false, 16, 2, split(16384)),
+                            (false, true, 8, 1, Some(Projection::InMain)),
+                            (true, false, 32, 2, Some(Projection::InMain)),
+                            (true, true, 16, 1, Some(Projection::Coop(4))),
+                            (false, false, 8, 2, Some(Projection::Coop(1))),
+                            (true, true, 8, 2, split(1)),
+                            (false, false, 16, 2, split(16384)),
+                            (false, true, 16, 2, split(16384)),
                         ]
                         .into_iter()
-                        .filter_map(|(s, tb, tpl, p)| {
-                            Some(mhc_wgsl::pre_forward(n, d, s, t, mhc_wgsl::Tile { tb, tpl }, p?))
+                        .filter_map(|(s, g, tb, tpl, p)| {
+                            Some(mhc_wgsl::pre_forward(n, d, s, g, t, mhc_wgsl::Tile { tb, tpl }, p?))
                         })
                         .collect()
                     }

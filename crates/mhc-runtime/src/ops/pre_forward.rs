@@ -138,16 +138,18 @@ pub fn pre_forward_into(
         (None, Some(s)) => Projection::Split(s),
         (None, None) => Projection::InMain,
     };
-    let spec = mhc_wgsl::pre_forward(n, d, sinkhorn.is_some(), ctx.target(), tile, projection);
+    let spec = mhc_wgsl::pre_forward(n, d, sinkhorn.is_some(), inp.gamma.is_some(), ctx.target(), tile, projection);
     let tb = spec.get("TB").expect("pre_forward spec sets TB") as usize;
     let tokens_per_group = tb * spec.get("TPL").map_or(1, |v| v as usize);
     let pipeline = ctx.pipeline(Family::PreForward, "main", &spec)?;
     let wg = spec.get("WG").expect("pre_forward spec sets WG") as usize;
 
-    // gamma is folded into a copy of phi once per call, so the kernel reads one matrix. The
-    // fold is recorded in the same pass as the kernel: one submission, one timed pass.
+    // gamma is folded into a copy of phi once per call, so the kernel reads one matrix, unless
+    // `project` applies it as it stages phi (flag GAMMA): a dispatch fewer. The fold is
+    // recorded in the same pass as the kernel: one submission, one timed pass.
+    let gamma_in_project = spec.flag_value("GAMMA") == Some(true);
     let elements = dims.m() * dims.k();
-    let folded = match inp.gamma {
+    let folded = match inp.gamma.filter(|_| !gamma_in_project) {
         Some(g) => Some((
             ctx.scratch("phi * gamma", &[dims.m(), dims.k()], DType::F32)?,
             g,
@@ -220,7 +222,11 @@ pub fn pre_forward_into(
         }
         if let Some((s, project, part)) = &split {
             let rows = [(1, inp.x, "x"), (18, part, "projection partials")];
-            ctx.record_chunks(pass, project, &chunks, &rows, &[(2, phi)], params, |r| {
+            let mut whole = vec![(2, phi)];
+            if let Some(g) = inp.gamma.filter(|_| gamma_in_project) {
+                whole.push((14, g));
+            }
+            ctx.record_chunks(pass, project, &chunks, &rows, &whole, params, |r| {
                 r.len().div_ceil(s.tokens() as usize) * s.splits as usize
             })?;
         }
