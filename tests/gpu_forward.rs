@@ -50,6 +50,8 @@ fn pre_forward_split_layouts() {
         .unwrap();
         run_pre_forward(&ctx, 300, 4, 256, true, None);
         run_pre_forward(&ctx, 1001, 2, 40, false, Some(SinkhornParams::default()));
+        // Past `gamma_in_project`'s token count: gamma folded into phi first.
+        run_pre_forward(&ctx, 1100, 3, 16, true, None);
         run_pre_forward(&ctx, 77, 1, 24, true, None);
         let small = Context::with_options(ContextOptions {
             pre_forward_split: Some(PreSplit::Tile(tile)),

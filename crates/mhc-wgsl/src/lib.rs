@@ -12,8 +12,8 @@ mod preprocess;
 mod spec;
 
 pub use kernels::{
-    CoopTile, Projection, SplitTile, Target, Tile, bench, optim, post, pre_backward, pre_forward, pre_forward_coop,
-    sinkhorn,
+    CoopTile, Projection, SplitTile, Target, Tile, bench, gamma_in_project, optim, post, pre_backward, pre_forward,
+    pre_forward_coop, sinkhorn,
 };
 pub use preprocess::preprocess;
 pub use spec::Spec;

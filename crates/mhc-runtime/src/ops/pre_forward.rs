@@ -138,7 +138,8 @@ pub fn pre_forward_into(
         (None, Some(s)) => Projection::Split(s),
         (None, None) => Projection::InMain,
     };
-    let spec = mhc_wgsl::pre_forward(n, d, sinkhorn.is_some(), inp.gamma.is_some(), ctx.target(), tile, projection);
+    let gamma = inp.gamma.is_some() && mhc_wgsl::gamma_in_project(dims.t);
+    let spec = mhc_wgsl::pre_forward(n, d, sinkhorn.is_some(), gamma, ctx.target(), tile, projection);
     let tb = spec.get("TB").expect("pre_forward spec sets TB") as usize;
     let tokens_per_group = tb * spec.get("TPL").map_or(1, |v| v as usize);
     let pipeline = ctx.pipeline(Family::PreForward, "main", &spec)?;
