@@ -112,6 +112,14 @@ fn fma8(a: f32, xa: vec4<f32>, xb: vec4<f32>, pa: vec4<f32>, pb: vec4<f32>) -> f
     return fma(xb.w, pb.w, s);
 }
 
+// A word of x (8 bf16) as its 8 columns in order, two vec4s: lo4 and hi4 hold the even and
+// the odd columns.
+fn columns(q: vec4<u32>) -> array<vec4<f32>, 2> {
+    let lo = lo4(q);
+    let hi = hi4(q);
+    return array<vec4<f32>, 2>(vec4<f32>(lo.x, hi.x, lo.y, hi.y), vec4<f32>(lo.z, hi.z, lo.w, hi.w));
+}
+
 // Word w of token t's x; zeros from w_end on and past the last token.
 fn x_word(t: u32, w: u32, w_end: u32) -> vec4<u32> {
     if (w < w_end && t < params.t) {
@@ -142,10 +150,9 @@ fn projections(lane: Lane, tok0: u32) {
         var xb: array<vec4<f32>, TPL>;
 #unroll u TPL
         {
-            let lo = lo4(cur[{u}]);
-            let hi = hi4(cur[{u}]);
-            xa[{u}] = vec4<f32>(lo.x, hi.x, lo.y, hi.y);
-            xb[{u}] = vec4<f32>(lo.z, hi.z, lo.w, hi.w);
+            let v = columns(cur[{u}]);
+            xa[{u}] = v[0];
+            xb[{u}] = v[1];
             acc[{u} * (M + 1u) + M] = fma8(acc[{u} * (M + 1u) + M], xa[{u}], xb[{u}], xa[{u}], xb[{u}]);
         }
 #endunroll
@@ -330,10 +337,9 @@ fn project(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             var xb: array<vec4<f32>, SPT>;
 #unroll u SPT
             {
-                let lo = lo4(cur[{u}]);
-                let hi = hi4(cur[{u}]);
-                xa[{u}] = vec4<f32>(lo.x, hi.x, lo.y, hi.y);
-                xb[{u}] = vec4<f32>(lo.z, hi.z, lo.w, hi.w);
+                let v = columns(cur[{u}]);
+                xa[{u}] = v[0];
+                xb[{u}] = v[1];
                 acc[{u} * (M + 1u) + M] = fma8(acc[{u} * (M + 1u) + M], xa[{u}], xb[{u}], xa[{u}], xb[{u}]);
             }
 #endunroll
