@@ -142,6 +142,24 @@ fn measure_ceilings(ctx: &Context, runs: Runs) -> CliResult<Ceilings> {
     Ok(Ceilings { bytes_per_s: 2.0 * bytes as f64 / copy, flops_per_s: flops as f64 / fma })
 }
 
+/// Seconds the copy kernel takes to move `bytes` (read + write, as an operator's bytes are
+/// counted): the reference for what a pass of that size can reach, launch and tail included,
+/// where the ceiling's 1 GiB copy hides them. Sources rotate like the operators' inputs. None
+/// where half the bytes exceed one binding.
+fn same_bytes_copy(ctx: &Context, bytes: u64, runs: Runs) -> CliResult<Option<f64>> {
+    let half = (bytes / 2).div_ceil(16).max(1) as usize * 16;
+    if half as u64 > ctx.max_binding_size() {
+        return Ok(None);
+    }
+    let n = n_copies(half as u64);
+    let src =
+        (0..n).map(|_| GpuTensor::zeros(ctx, "copy src", &[half / 4], DType::F32)).collect::<Result<Vec<_>, _>>()?;
+    let dst = GpuTensor::zeros(ctx, "copy dst", &[half / 4], DType::F32)?;
+    // The copy pipeline is already warm from the ceilings.
+    let runs = Runs { stages: false, warmup: runs.warmup.min(Duration::from_millis(100)), ..runs };
+    Ok(Some(median(seconds(&time(ctx, runs, |i| ceilings::copy(ctx, &src[i % n], &dst))?))))
+}
+
 /// `copies` uploads of the same host tensor.
 fn copies(ctx: &Context, name: &str, host: &mhc::core::HostTensor, copies: usize) -> CliResult<Vec<GpuTensor>> {
     Ok((0..copies).map(|_| GpuTensor::upload(ctx, name, host)).collect::<Result<_, _>>()?)
@@ -283,13 +301,14 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
     let ceil = measure_ceilings(&ctx, runs)?;
     bar.inc(1);
     let mut rows = Vec::new();
+    let mut copy_us: std::collections::HashMap<u64, Option<f64>> = std::collections::HashMap::new();
     for dims in &shapes {
         for &(op, fused) in &jobs {
             let name = if fused { "pre-forward+sinkhorn".to_string() } else { op.name().to_string() };
             bar.set_message(format!("{name} {},{},{}", dims.t, dims.n, dims.d));
             let timed = bench_op(&ctx, op, dims, fused, runs, &opts)?;
-            let runs = seconds(&timed);
-            let secs = median(runs.clone());
+            let run_secs = seconds(&timed);
+            let secs = median(run_secs.clone());
             let mut cost = op.cost(dims, opts.sinkhorn.iters);
             if fused {
                 let sk = Op::SinkhornForward.cost(dims, opts.sinkhorn.iters);
@@ -299,14 +318,23 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
             let mem_floor = cost.bytes as f64 / ceil.bytes_per_s;
             let fma_floor = cost.flops as f64 / ceil.flops_per_s;
             let floor = mem_floor.max(fma_floor);
+            let copy = match copy_us.get(&cost.bytes) {
+                Some(&c) => c,
+                None => {
+                    let c = same_bytes_copy(&ctx, cost.bytes, runs)?;
+                    copy_us.insert(cost.bytes, c);
+                    c
+                }
+            };
             rows.push(json!({
                 "op": name, "T": dims.t, "n": dims.n, "D": dims.d,
                 "us": secs * 1e6, "bytes": cost.bytes, "flops": cost.flops,
                 "gb_per_s": cost.bytes as f64 / secs / 1e9,
                 "memory_floor_us": mem_floor * 1e6, "arith_floor_us": fma_floor * 1e6,
                 "floor_us": floor * 1e6, "x_floor": secs / floor,
+                "same_bytes_copy_us": copy.map(|c| c * 1e6), "x_copy": copy.map(|c| secs / c),
                 "bound": if mem_floor >= fma_floor { "memory" } else { "arithmetic" },
-                "runs_us": runs.iter().map(|s| (s * 1e7).round() / 10.0).collect::<Vec<_>>(),
+                "runs_us": run_secs.iter().map(|s| (s * 1e7).round() / 10.0).collect::<Vec<_>>(),
                 "stages": stage_medians(&timed).iter().map(|(e, s)| json!({"entry": e, "us": s * 1e6})).collect::<Vec<_>>(),
             }));
             bar.inc(1);
@@ -319,12 +347,12 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
         ceil.flops_per_s / 1e12
     );
     println!(
-        "{:<22} {:>16} {:>10} {:>12} {:>11} {:>9} {:>10} {:>8}  bound",
-        "operator", "T,n,D", "us", "MB moved", "GFLOP", "GB/s", "floor us", "x floor"
+        "{:<22} {:>16} {:>10} {:>12} {:>11} {:>9} {:>10} {:>8} {:>8} {:>7}  bound",
+        "operator", "T,n,D", "us", "MB moved", "GFLOP", "GB/s", "floor us", "x floor", "copy us", "x copy"
     );
     for r in &rows {
         println!(
-            "{:<22} {:>16} {:>10.1} {:>12.2} {:>11.3} {:>9.1} {:>10.1} {:>8.2}  {}",
+            "{:<22} {:>16} {:>10.1} {:>12.2} {:>11.3} {:>9.1} {:>10.1} {:>8.2} {:>8} {:>7}  {}",
             r["op"].as_str().unwrap_or(""),
             format!("{},{},{}", r["T"], r["n"], r["D"]),
             r["us"].as_f64().unwrap_or(0.0),
@@ -333,6 +361,8 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
             r["gb_per_s"].as_f64().unwrap_or(0.0),
             r["floor_us"].as_f64().unwrap_or(0.0),
             r["x_floor"].as_f64().unwrap_or(0.0),
+            r["same_bytes_copy_us"].as_f64().map_or("-".into(), |c| format!("{c:.1}")),
+            r["x_copy"].as_f64().map_or("-".into(), |c| format!("{c:.2}")),
             r["bound"].as_str().unwrap_or(""),
         );
     }
