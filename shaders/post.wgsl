@@ -1,5 +1,6 @@
 // ---- post.wgsl: mhc_post forward and backward (SPEC.md section 4) ----
-// Needs: N, D, NN = N * N, WG, NV = N + NN, SG_MIN; flags VEC4 (D % 8 == 0) and SUBGROUP.
+// Needs: N, D, NN = N * N, WG, NV = N + NN, SG_MIN; flags VEC4 (D % 8 == 0), SUBGROUP and
+// SC4 (N == 4: a token's mixes are read as vec4s).
 // Forward: one invocation per (token, 8 columns), all N output rows: x, residual and out each
 // cross memory once. Backward: one workgroup per token; dx and dresidual are written in the
 // same pass that accumulates dpost_layer_mix and dcomb_res_mix, reduced by block_reduce.
@@ -9,8 +10,13 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+#if SC4
+@group(0) @binding(3) var<storage, read> plm4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> comb4: array<vec4<f32>>;
+#else
 @group(0) @binding(3) var<storage, read> plm: array<f32>;
 @group(0) @binding(4) var<storage, read> comb: array<f32>;
+#endif
 #if VEC4
 @group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> residual: array<vec4<u32>>;
@@ -28,6 +34,39 @@ struct Params {
 #endif
 @group(0) @binding(9) var<storage, read_write> dplm: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dcomb: array<f32>;
+
+// A token's mixes: post_layer_mix [N] and comb_res_mix [N, N] (row j, column i at j * N + i).
+struct Mixes {
+    plm: array<f32, N>,
+    comb: array<f32, NN>,
+}
+
+fn mixes(tok: u32) -> Mixes {
+    var m: Mixes;
+#if SC4
+    // N == 4: one 16-byte load a row.
+    let p = plm4[tok];
+#unroll i N
+    m.plm[{i}] = p[{i}];
+#endunroll
+#unroll j N
+    {
+        let c = comb4[tok * N + {j}];
+#unroll i N
+        m.comb[{j} * N + {i}] = c[{i}];
+#endunroll
+    }
+#endunroll
+#else
+#unroll i N
+    m.plm[{i}] = plm[tok * N + {i}];
+#endunroll
+#unroll e NN
+    m.comb[{e}] = comb[tok * NN + {e}];
+#endunroll
+#endif
+    return m;
+}
 
 // Writes the workgroup's reduced sums: dpost_layer_mix and dcomb_res_mix of its token.
 fn store_token_sums(lid: u32, tok: u32) {
@@ -61,13 +100,14 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         rhi[{j}] = hi4(q);
     }
 #endunroll
+    let mx = mixes(tok);
 #unroll i N
     {
-        var lo = plm[tok * N + {i}] * lo4(xq);
-        var hi = plm[tok * N + {i}] * hi4(xq);
+        var lo = mx.plm[{i}] * lo4(xq);
+        var hi = mx.plm[{i}] * hi4(xq);
 #unroll j N
-        lo += comb[tok * NN + {j} * N + {i}] * rlo[{j}];
-        hi += comb[tok * NN + {j} * N + {i}] * rhi[{j}];
+        lo += mx.comb[{j} * N + {i}] * rlo[{j}];
+        hi += mx.comb[{j} * N + {i}] * rhi[{j}];
 #endunroll
         out[(tok * N + {i}) * W + w] = pack4(lo, hi);
     }
@@ -97,6 +137,7 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     if (tok >= params.t) {
         return;
     }
+    let mx = mixes(tok);
     // acc[i]: dplm of row i; acc[N + j * N + i]: dcomb[j, i].
     var acc: array<f32, NV>;
     // Each step loads the next column block before its own arithmetic, so an invocation's
@@ -119,8 +160,8 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         var dlo = vec4<f32>(0.0);
         var dhi = vec4<f32>(0.0);
 #unroll i N
-        dlo += plm[tok * N + {i}] * glo[{i}];
-        dhi += plm[tok * N + {i}] * ghi[{i}];
+        dlo += mx.plm[{i}] * glo[{i}];
+        dhi += mx.plm[{i}] * ghi[{i}];
         acc[{i}] += dot(glo[{i}], lo4(b.x)) + dot(ghi[{i}], hi4(b.x));
 #endunroll
         dx[tok * W + w] = pack4(dlo, dhi);
@@ -130,8 +171,8 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
             var rl = vec4<f32>(0.0);
             var rh = vec4<f32>(0.0);
 #unroll i N
-            rl += comb[tok * NN + {j} * N + {i}] * glo[{i}];
-            rh += comb[tok * NN + {j} * N + {i}] * ghi[{i}];
+            rl += mx.comb[{j} * N + {i}] * glo[{i}];
+            rh += mx.comb[{j} * N + {i}] * ghi[{i}];
             acc[N + {j} * N + {i}] += dot(glo[{i}], lo4(rq)) + dot(ghi[{i}], hi4(rq));
 #endunroll
             dresidual[(tok * N + {j}) * W + w] = pack4(rl, rh);
@@ -151,11 +192,12 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let tok = e / D;
     let d = e % D;
     let xv = bf16_at(x[e >> 1u], e);
+    let mx = mixes(tok);
     for (var i = 0u; i < N; i++) {
-        var s = plm[tok * N + i] * xv;
+        var s = mx.plm[i] * xv;
         for (var j = 0u; j < N; j++) {
             let r = (tok * N + j) * D + d;
-            s += comb[tok * NN + j * N + i] * bf16_at(residual[r >> 1u], r);
+            s += mx.comb[j * N + i] * bf16_at(residual[r >> 1u], r);
         }
         let o = (tok * N + i) * D + d;
         atomicAnd(&out[o >> 1u], half_keep(o));
@@ -169,6 +211,7 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     if (tok >= params.t) {
         return;
     }
+    let mx = mixes(tok);
     var acc: array<f32, NV>;
     for (var d = lane.lid; d < D; d += WG) {
         var g: array<f32, N>;
@@ -182,7 +225,7 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         let xv = bf16_at(x[xe >> 1u], xe);
         var s = 0.0;
 #unroll i N
-        s += plm[tok * N + {i}] * g[{i}];
+        s += mx.plm[{i}] * g[{i}];
         acc[{i}] += g[{i}] * xv;
 #endunroll
         atomicAnd(&dx[xe >> 1u], half_keep(xe));
@@ -193,7 +236,7 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
             let rv = bf16_at(residual[r >> 1u], r);
             var sr = 0.0;
 #unroll i N
-            sr += comb[tok * NN + {j} * N + {i}] * g[{i}];
+            sr += mx.comb[{j} * N + {i}] * g[{i}];
             acc[N + {j} * N + {i}] += g[{i}] * rv;
 #endunroll
             atomicAnd(&dresidual[r >> 1u], half_keep(r));

@@ -296,7 +296,9 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
 /// The forward, one word of 8 columns an invocation, timed 5-10% faster there with 128
 /// invocations a workgroup than with 256 or 512.
 pub fn post(n: u32, d: u32, backward: bool, target: Target) -> Spec {
-    base(n, d, if backward { 64 } else { 128 }, target).with("NV", n + n * n)
+    // SC4: on an H200 the mixes as 4 + 16 scalar loads an invocation took 3-5% longer than
+    // as 1 + 4 vec4 loads (4096 x 2560: forward 60.2 -> 57.2 us, backward 92.2 -> 91.1).
+    base(n, d, if backward { 64 } else { 128 }, target).with("NV", n + n * n).flag("SC4", n == 4)
 }
 
 /// Sinkhorn forward and backward, one token an invocation.
