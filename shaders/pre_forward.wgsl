@@ -6,8 +6,9 @@
 // SPLIT (this file's `project`: f32 partials, M + 1 floats a split; it also needs SC words a
 // chunk, SPT tokens an invocation, PWG invocations a workgroup and PHL = ceil(M * SC * 2 /
 // PWG), the vec4s of phi an invocation stages a chunk). The VEC4 path also needs TB (tokens a row of
-// invocations) and TPL (tokens an invocation); the scalar path TB tokens a workgroup and
-// NV = TB * (M + 1).
+// invocations), TPL (tokens an invocation) and DS (workgroups a tile's h_in is split over, each
+// a slice of D; the first writes the small outputs; 1 unless SPLIT); the scalar path TB tokens
+// a workgroup, NV = TB * (M + 1) and DS = 1.
 //
 // gamma is folded into phi beforehand (`fold_gamma`), so the projection reads one matrix; with
 // flag GAMMA (SPLIT only) `project` multiplies phi's chunks by gamma as it stages them instead,
@@ -76,6 +77,8 @@ const TW: u32 = TB * TPL;
 const KS: u32 = WG / TB;
 const W8: u32 = K / 8u;
 const WPS: u32 = (W8 + KS - 1u) / KS;
+// Words of a row of h_in a slice takes.
+const WS: u32 = (D / 8u + DS - 1u) / DS;
 var<workgroup> sums: array<f32, TW * (M + 1u)>;
 #else
 const TW: u32 = TB;
@@ -406,10 +409,14 @@ fn sum_at(b: u32, m: u32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let tok0 = group_index(wid, nwg) * TW;
+    let g = group_index(wid, nwg);
+    let tok0 = (g / DS) * TW;
+    let slice = g % DS;
     if (tok0 >= params.t) {
         return;
     }
+    // Every slice needs the gates; one writes the small outputs.
+    let writes = slice == 0u;
     let lid = lane.lid;
 #if COOP
     coop_sums(lane, tok0);
@@ -429,25 +436,30 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         if (tok < params.t) {
             let inv = 1.0 / sqrt(sum_at(b, M) / f32(K) + params.norm_eps);
             let hm = sum_at(b, m);
-            h_mix[tok * M + m] = hm;
             let tv = hm * inv;
-            if (m == 0u) {
-                inv_rms[tok] = inv;
-            }
             if (m < N) {
                 let hp = sigmoid(alpha[0] * tv + bias[m]) + params.hc_eps;
-                h_pre[tok * N + m] = hp;
                 gate_pre[b * N + m] = hp;
-            } else if (m < 2u * N) {
-                h_post[tok * N + m - N] = params.post_mult * sigmoid(alpha[1] * tv + bias[m]);
-            } else {
-                let logit = alpha[2] * tv + bias[m];
+                if (writes) {
+                    h_pre[tok * N + m] = hp;
+                }
+            }
+            if (writes) {
+                h_mix[tok * M + m] = hm;
+                if (m == 0u) {
+                    inv_rms[tok] = inv;
+                }
+                if (m >= N && m < 2u * N) {
+                    h_post[tok * N + m - N] = params.post_mult * sigmoid(alpha[1] * tv + bias[m]);
+                } else if (m >= 2u * N) {
+                    let logit = alpha[2] * tv + bias[m];
 #if SINKHORN
-                h_res_logits[tok * NN + m - 2u * N] = logit;
-                res_logits[b * NN + m - 2u * N] = logit;
+                    h_res_logits[tok * NN + m - 2u * N] = logit;
+                    res_logits[b * NN + m - 2u * N] = logit;
 #else
-                h_res[tok * NN + m - 2u * N] = logit;
+                    h_res[tok * NN + m - 2u * N] = logit;
 #endif
+                }
             }
         }
     }
@@ -455,7 +467,7 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 
 #if SINKHORN
     for (var b = lid; b < TW; b += WG) {
-        if (tok0 + b < params.t) {
+        if (writes && tok0 + b < params.t) {
             var l: array<f32, NN>;
 #unroll e NN
             l[{e}] = res_logits[b * NN + {e}];
@@ -468,13 +480,13 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
 #endif
 
-    // Pass 2: h_in = sum_i h_pre[i] * x[i, :].
+    // Pass 2: h_in = sum_i h_pre[i] * x[i, :], this slice's words of it.
 #if VEC4
-    for (var e = lid; e < TW * (D / 8u); e += WG) {
-        let b = e / (D / 8u);
-        let w = e % (D / 8u);
+    for (var e = lid; e < TW * WS; e += WG) {
+        let b = e / WS;
+        let w = slice * WS + e % WS;
         let tok = tok0 + b;
-        if (tok < params.t) {
+        if (tok < params.t && w < D / 8u) {
             var lo = vec4<f32>(0.0);
             var hi = vec4<f32>(0.0);
 #unroll i N

@@ -82,6 +82,25 @@ fn pre_forward_split_layouts() {
     assert!(matches!(&err, Error::Param { name, .. } if name == "pre_forward_split"), "{err}");
 }
 
+/// Decoding shapes take the default layout for few tokens: `project` over up to 256 splits of
+/// K, and each tile's h_in split over several workgroups (D >= 512), also over token chunks
+/// and 2D grids.
+#[test]
+fn pre_forward_decoding() {
+    run_pre_forward(ctx(), 1, 4, 1024, true, None);
+    run_pre_forward(ctx(), 5, 4, 2048, true, Some(SinkhornParams::default()));
+    run_pre_forward(ctx(), 64, 4, 1024, false, None);
+    run_pre_forward(ctx(), 17, 2, 520, true, None);
+    // x in 2 token chunks (phi, 196 KB, must fit one binding), 2 slices a tile.
+    let small = Context::with_options(ContextOptions {
+        max_binding_size: Some(256 << 10),
+        max_workgroups_per_dimension: Some(7),
+        ..Default::default()
+    })
+    .unwrap();
+    run_pre_forward(&small, 100, 4, 512, true, Some(SinkhornParams::default()));
+}
+
 /// The kernels compiled with wgpu's runtime checks (`MHC_SHADER_CHECKS=1`, off by default).
 #[test]
 fn pre_forward_with_shader_checks() {
@@ -96,9 +115,9 @@ fn pre_forward_with_shader_checks() {
 #[test]
 fn pre_forward_tiles() {
     for split in [None, Some(PreSplit::Off)] {
-        for (tb, tpl) in [(8, 1), (16, 2), (32, 2), (4, 3)] {
+        for (tb, tpl, slices) in [(8, 1, 1), (16, 2, 3), (32, 2, 1), (4, 3, 7)] {
             let opts = ContextOptions {
-                pre_forward_tile: Some(Tile { tb, tpl }),
+                pre_forward_tile: Some(Tile { tb, tpl, slices }),
                 pre_forward_split: split,
                 ..Default::default()
             };

@@ -21,7 +21,7 @@ pub struct ContextOptions {
     /// 2D grids of wide dispatches can be tested on small inputs.
     pub max_workgroups_per_dimension: Option<u32>,
     /// The token layout of mhc_pre forward's vector path, for tuning on a new GPU; by default
-    /// chosen from the token count. `Context::new` reads `MHC_PRE_TILE=tb,tpl`.
+    /// chosen from the token count. `Context::new` reads `MHC_PRE_TILE=tb,tpl[,slices]`.
     pub pre_forward_tile: Option<Tile>,
     /// Where mhc_pre forward's vector path computes its f32 projection, for tuning and
     /// testing; by default over splits of K with a layout chosen from the shape and device.
@@ -394,15 +394,25 @@ fn split_from_env() -> Result<Option<PreSplit>> {
     }
 }
 
-/// `MHC_PRE_TILE=tb,tpl`: tb tokens a row of invocations (a power of two up to 256), tpl tokens
-/// an invocation (1 to 8).
+/// `MHC_PRE_TILE=tb,tpl[,slices]`: tb tokens a row of invocations (a power of two up to 256),
+/// tpl tokens an invocation (1 to 8), slices workgroups a tile's h_in (1 to 1024; default 1).
 fn tile_from_env() -> Result<Option<Tile>> {
     let Ok(v) = std::env::var("MHC_PRE_TILE") else { return Ok(None) };
-    let bad =
-        || Error::param("MHC_PRE_TILE", format!("expected tb,tpl (tb a power of two <= 256, tpl 1..=8), got {v:?}"));
+    let bad = || {
+        Error::param(
+            "MHC_PRE_TILE",
+            format!("expected tb,tpl[,slices] (tb a power of two <= 256, tpl 1..=8, slices 1..=1024), got {v:?}"),
+        )
+    };
     let parts: Vec<u32> = v.split(',').map(|p| p.trim().parse().map_err(|_| bad())).collect::<Result<_>>()?;
-    match parts[..] {
-        [tb, tpl] if tb.is_power_of_two() && tb <= 256 && (1..=8).contains(&tpl) => Ok(Some(Tile { tb, tpl })),
-        _ => Err(bad()),
+    let (tb, tpl, slices) = match parts[..] {
+        [tb, tpl] => (tb, tpl, 1),
+        [tb, tpl, slices] => (tb, tpl, slices),
+        _ => return Err(bad()),
+    };
+    if tb.is_power_of_two() && tb <= 256 && (1..=8).contains(&tpl) && (1..=1024).contains(&slices) {
+        Ok(Some(Tile { tb, tpl, slices }))
+    } else {
+        Err(bad())
     }
 }

@@ -40,25 +40,36 @@ fn tokens_per_group(values_per_token: u32, budget: u32) -> u32 {
 }
 
 /// How the vector path of mhc_pre forward lays out its tokens: `tb` tokens a row of
-/// invocations (the rows split K between them), `tpl` tokens an invocation.
+/// invocations (the rows split K between them), `tpl` tokens an invocation, and with the
+/// projection over splits of K, `slices` workgroups for a tile's h_in (each takes a slice of
+/// D; the first also writes the small outputs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tile {
     /// Tokens a row of invocations.
     pub tb: u32,
     /// Tokens an invocation.
     pub tpl: u32,
+    /// Workgroups a tile's h_in is split over (projection over splits of K only).
+    pub slices: u32,
 }
 
+/// Below this many tiles, `main` splits each tile's h_in over workgroups.
+const SLICE_BELOW_TILES: usize = 64;
+
 impl Tile {
-    /// The default for `tokens` tokens of `n` streams: two tokens an invocation where the
-    /// sums fit in registers; the widest rows (8, 16 or 32 tokens) that still leave 256
-    /// workgroups. On an H200 (docs/PERFORMANCE.md) 8 timed best at 4096 tokens, 16 at 8192
-    /// and 32 at 16384.
-    pub fn for_tokens(n: u32, tokens: usize) -> Tile {
+    /// The default for `tokens` tokens of `n` streams of width `d`: two tokens an invocation
+    /// where the sums fit in registers; the widest rows (8, 16 or 32 tokens) that still leave
+    /// 256 workgroups. On an H200 (docs/PERFORMANCE.md) 8 timed best at 4096 tokens, 16 at
+    /// 8192 and 32 at 16384. Where there are few tiles (decoding), each tile's h_in is split
+    /// over up to 128 / tiles workgroups of at least 32 words of 8 columns, so that it is not
+    /// one workgroup's serial walk over its tokens' rows.
+    pub fn for_tokens(n: u32, d: u32, tokens: usize) -> Tile {
         let tpl = if m_of(n) <= 24 { 2 } else { 1 };
         let rows = |tb: u32| tokens / (tb * tpl) as usize;
         let tb = [32, 16].into_iter().find(|&tb| rows(tb) >= 256).unwrap_or(8);
-        Tile { tb, tpl }
+        let tiles = tokens.div_ceil((tb * tpl) as usize).max(1);
+        let slices = if tiles < SLICE_BELOW_TILES { (128 / tiles as u32).clamp(1, (d / 8 / 32).max(1)) } else { 1 };
+        Tile { tb, tpl, slices }
     }
 }
 
@@ -121,10 +132,11 @@ pub fn pre_forward(
         .with("PHL", (m_of(n) * split.chunk_words * 2).div_ceil(split.invocations));
     if d.is_multiple_of(8) {
         // block_reduce is not used on this path; NV only sizes its (unused) arrays.
-        spec.with("TB", tile.tb).with("TPL", tile.tpl).with("NV", m_of(n) + 1)
+        let slices = if matches!(projection, Projection::Split(_)) { tile.slices.max(1) } else { 1 };
+        spec.with("TB", tile.tb).with("TPL", tile.tpl).with("NV", m_of(n) + 1).with("DS", slices)
     } else {
         let tb = tokens_per_group(m_of(n) + 1, 100);
-        spec.with("TB", tb).with("NV", tb * (m_of(n) + 1))
+        spec.with("TB", tb).with("NV", tb * (m_of(n) + 1)).with("DS", 1)
     }
 }
 
@@ -146,8 +158,12 @@ pub struct SplitTile {
 /// Workgroups `project` aims at. An H200 holds two of them on each of its 132 multiprocessors
 /// (registers bind), so 256 run as one wave; 320 or 384 took 10-30% longer there.
 const SPLIT_TARGET_GROUPS: usize = 256;
-/// `main` adds a token's partials with one load each, unrolled: at most this many splits.
+/// `main` adds a token's partials with one load each, unrolled: at most this many splits
+/// (`DECODE_MAX_SPLITS` for the decoding layout).
 const MAX_SPLITS: u32 = 32;
+/// Tokens up to which `project` takes the decoding layout.
+const DECODE_TOKENS: usize = 64;
+const DECODE_MAX_SPLITS: u32 = 256;
 
 impl SplitTile {
     /// Tokens a workgroup of `project` takes.
@@ -172,6 +188,19 @@ impl SplitTile {
         // two buffers of M x 8 columns x 4 bytes a word.
         let chunk_words = (workgroup_storage / (64 * m)).clamp(1, 16);
         let chunk_words = 1 << chunk_words.ilog2();
+        let words = n * d / 8;
+        // Decoding: one token an invocation, 32 invocations, splits of 8-word chunks up to
+        // 256 workgroups, so that no invocation walks a long stretch of K alone. On an H200
+        // (call 9 of docs/bench/h200-device-bench.log, n = 4, us for the operator): 1 token
+        // at D = 2560 41.5 -> 26.4 (160 splits), 16 tokens 49.1 -> 36.9, 64 tokens 50.9 ->
+        // 41.3 (128 splits); 1 token at D = 7168 73.0 -> 35.6 (256 splits).
+        if tokens <= DECODE_TOKENS {
+            let chunk_words = chunk_words.min(8);
+            let blocks = tokens.div_ceil(32).max(1);
+            let splits = (SPLIT_TARGET_GROUPS / blocks) as u32;
+            let splits = splits.clamp(1, DECODE_MAX_SPLITS.min(words.div_ceil(chunk_words)));
+            return Some(SplitTile { splits, chunk_words, tokens_per_invocation: 1, invocations: 32 });
+        }
         // 4 tokens an invocation halve phi's shared-memory loads a token; on an H200 that was
         // faster where K and T are large (16384 x 4096: 427-439 us for `project` against
         // 463 us with 2; 8192 x 7168: 551 against 569 us for the operator), not at K = 10240.
@@ -182,7 +211,7 @@ impl SplitTile {
         };
         let invocations = 128;
         let blocks = tokens.div_ceil((invocations * tokens_per_invocation) as usize).max(1);
-        let chunks = (n * d / 8).div_ceil(chunk_words);
+        let chunks = words.div_ceil(chunk_words);
         let splits = (SPLIT_TARGET_GROUPS.div_ceil(blocks) as u32).clamp(1, MAX_SPLITS.min(chunks));
         Some(SplitTile { splits, chunk_words, tokens_per_invocation, invocations })
     }

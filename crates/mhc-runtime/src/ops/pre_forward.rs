@@ -125,7 +125,7 @@ pub fn pre_forward_into(
         ctx.check_whole("gamma", g)?;
     }
     let (n, d) = (to_u32(dims.n, "n")?, to_u32(dims.d, "D")?);
-    let tile = ctx.pre_forward_tile().unwrap_or_else(|| Tile::for_tokens(n, dims.t));
+    let tile = ctx.pre_forward_tile().unwrap_or_else(|| Tile::for_tokens(n, d, dims.t));
     let coop = if ctx.capabilities().cooperative_matrix { CoopTile::for_shape(n, d, dims.t) } else { None };
     let split = match (coop, ctx.pre_forward_split()) {
         (Some(_), _) => None,
@@ -142,6 +142,7 @@ pub fn pre_forward_into(
     let spec = mhc_wgsl::pre_forward(n, d, sinkhorn.is_some(), gamma, ctx.target(), tile, projection);
     let tb = spec.get("TB").expect("pre_forward spec sets TB") as usize;
     let tokens_per_group = tb * spec.get("TPL").map_or(1, |v| v as usize);
+    let slices = spec.get("DS").expect("pre_forward spec sets DS") as usize;
     let pipeline = ctx.pipeline(Family::PreForward, "main", &spec)?;
     let wg = spec.get("WG").expect("pre_forward spec sets WG") as usize;
 
@@ -231,7 +232,9 @@ pub fn pre_forward_into(
                 r.len().div_ceil(s.tokens() as usize) * s.splits as usize
             })?;
         }
-        ctx.record_chunks(pass, &pipeline, &chunks, &rows, &whole, params, |r| r.len().div_ceil(tokens_per_group))
+        ctx.record_chunks(pass, &pipeline, &chunks, &rows, &whole, params, |r| {
+            r.len().div_ceil(tokens_per_group) * slices
+        })
     })
 }
 
