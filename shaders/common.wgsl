@@ -24,17 +24,26 @@ fn hi4(q: vec4<u32>) -> vec4<f32> {
     return bitcast<vec4<f32>>(q & vec4<u32>(0xffff0000u));
 }
 
-// Round to nearest, ties to even; NaN stays a (quiet) NaN.
-fn bf16_bits(v: f32) -> u32 {
+// v rounded to bf16 (nearest, ties to even; NaN stays a quiet NaN), as f32 bits with the bf16
+// in the top half: callers take it with a shift or a mask, so a pair packs with one of each.
+fn bf16_top(v: f32) -> u32 {
     let b = bitcast<u32>(v);
-    if ((b & 0x7fffffffu) > 0x7f800000u) {
-        return (b >> 16u) | 0x40u;
-    }
-    return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;
+    return select(b + 0x7fffu + ((b >> 16u) & 1u), b | 0x400000u, (b & 0x7fffffffu) > 0x7f800000u);
 }
 
-fn bf16_bits4(v: vec4<f32>) -> vec4<u32> {
-    return vec4<u32>(bf16_bits(v.x), bf16_bits(v.y), bf16_bits(v.z), bf16_bits(v.w));
+fn bf16_top4(v: vec4<f32>) -> vec4<u32> {
+    let b = bitcast<vec4<u32>>(v);
+    let rounded = b + vec4<u32>(0x7fffu) + ((b >> vec4<u32>(16u)) & vec4<u32>(1u));
+    return select(rounded, b | vec4<u32>(0x400000u), (b & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u));
+}
+
+fn bf16_bits(v: f32) -> u32 {
+    return bf16_top(v) >> 16u;
+}
+
+// Two values as one word, lo in the low half.
+fn pack2(lo: f32, hi: f32) -> u32 {
+    return (bf16_top(lo) >> 16u) | (bf16_top(hi) & 0xffff0000u);
 }
 
 // A bf16 element stored alone: odd-length rows share words with their neighbours, written by
@@ -48,7 +57,7 @@ fn half_bits(e: u32, v: f32) -> u32 {
 }
 
 fn pack4(lo: vec4<f32>, hi: vec4<f32>) -> vec4<u32> {
-    return bf16_bits4(lo) | (bf16_bits4(hi) << vec4<u32>(16u));
+    return (bf16_top4(lo) >> vec4<u32>(16u)) | (bf16_top4(hi) & vec4<u32>(0xffff0000u));
 }
 
 fn sigmoid(z: f32) -> f32 {

@@ -325,7 +325,7 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                     let r0 = dv0 * g0 - coef * v0 + hp * bf16_lo(gws[{j}]);
                     let r1 = dv1 * g1 - coef * v1 + hp * bf16_hi(gws[{j}]);
                     if (u < cnt) {
-                        dx[(tc + u) * (K / 2u) + c] = bf16_bits(r0) | (bf16_bits(r1) << 16u);
+                        dx[(tc + u) * (K / 2u) + c] = pack2(r0, r1);
                     }
                     ga0 += v0 * dv0;
                     ga1 += v1 * dv1;

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use mhc::core::golden::post_forward_f64;
 use mhc::core::random::{PostInputs, PreInputs, TensorRng, seed_from_env};
-use mhc::core::{DType, Dims, Error, PostForwardInputs, PreForwardInputs, PreParams, SinkhornParams};
+use mhc::core::{DType, Dims, Error, HostTensor, PostForwardInputs, PreForwardInputs, PreParams, SinkhornParams};
 use mhc::runtime::{Context, ContextOptions, GpuTensor, PreSplit, SplitTile, Tile, ops};
 
 #[test]
@@ -194,6 +194,60 @@ fn post_forward_matches_golden_over_shapes() {
 fn post_forward_token_chunks_and_wide_grids() {
     run_post_forward(ctx_small_limits(), 900, 4, 64);
     run_post_forward(ctx_small_limits(), 1500, 3, 7);
+}
+
+/// bf16 stores round to nearest, ties to even, overflow to infinity and keep NaN a NaN: with
+/// x = 1, residual = 0 and comb_res_mix = 0, mhc_post forward writes post_layer_mix itself,
+/// rounded, on the vector path (D = 16: `pack4`) and the scalar one (D = 3: `half_bits`).
+#[test]
+fn bf16_stores_round_to_nearest_even() {
+    let tie = 2f32.powi(-8);
+    let specials = [
+        1.0 + tie,       // a tie: down to the even 1.0
+        1.0 + 3.0 * tie, // a tie: up to the even 1 + 2^-6
+        -(1.0 + tie),
+        1.0 + tie + 2f32.powi(-20), // just above a tie: up
+        1.0 + tie - 2f32.powi(-20), // just below: down
+        f32::MAX,                   // past bf16's largest finite value: infinity
+        -f32::MAX,
+        f32::from_bits(0x7f7f_7fff), // just under that: bf16's largest
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::from_bits(0x7f80_0001), // NaNs, one with its payload in the low half only
+        f32::from_bits(0xffff_ffff),
+        f32::NAN,
+        -0.0,
+        3.0e-38,
+        1.234_567_9e10,
+    ];
+    let t = specials.len();
+    for d in [16, 3] {
+        let x = HostTensor::bf16_from_f32(vec![t, d], &vec![1.0; t * d]).unwrap();
+        let res = HostTensor::bf16_from_f32(vec![t, 1, d], &vec![0.0; t * d]).unwrap();
+        let plm = HostTensor::from_f32(vec![t, 1], specials.to_vec()).unwrap();
+        let comb = HostTensor::from_f32(vec![t, 1, 1], vec![0.0; t]).unwrap();
+        let (x, res, plm, comb) =
+            (up(ctx(), "x", &x), up(ctx(), "residual", &res), up(ctx(), "plm", &plm), up(ctx(), "comb", &comb));
+        let inputs = PostForwardInputs { x: &x, residual: &res, post_layer_mix: &plm, comb_res_mix: &comb };
+        let out = GpuTensor::zeros(ctx(), "out", &[t, 1, d], DType::BF16).unwrap();
+        poison(ctx(), &[&out]);
+        ops::post_forward_into(ctx(), &inputs, &out).unwrap();
+        let got = out.read(ctx()).unwrap();
+        let got = got.as_bf16().unwrap();
+        for (i, &p) in specials.iter().enumerate() {
+            let want = half::bf16::from_f32(p * 1.0 + 0.0 * 0.0);
+            for (k, g) in got[i * d..(i + 1) * d].iter().enumerate() {
+                let ok = if want.is_nan() { g.is_nan() } else { g.to_bits() == want.to_bits() };
+                assert!(
+                    ok,
+                    "D={d}: {p:e} ({:#010x}) column {k} stored {:#06x}, expected {:#06x}",
+                    p.to_bits(),
+                    g.to_bits(),
+                    want.to_bits()
+                );
+            }
+        }
+    }
 }
 
 #[test]
