@@ -84,9 +84,10 @@ fn pre_forward_split_layouts() {
 
 /// Decoding shapes take the default layout for few tokens: `project` over up to 256 splits of
 /// K, and each tile's h_in split over several workgroups (D >= 512), also over token chunks
-/// and 2D grids.
+/// and 2D grids; past 64 tiles, 2 workgroups a tile.
 #[test]
 fn pre_forward_decoding() {
+    run_pre_forward(ctx(), 1030, 4, 512, true, None);
     run_pre_forward(ctx(), 1, 4, 1024, true, None);
     run_pre_forward(ctx(), 5, 4, 2048, true, Some(SinkhornParams::default()));
     run_pre_forward(ctx(), 64, 4, 1024, false, None);
