@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -301,7 +302,8 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
     let ceil = measure_ceilings(&ctx, runs)?;
     bar.inc(1);
     let mut rows = Vec::new();
-    let mut copy_us: std::collections::HashMap<u64, Option<f64>> = std::collections::HashMap::new();
+    // Same-bytes copy times by byte count (an operator with and without Sinkhorn can share one).
+    let mut copy_us: HashMap<u64, Option<f64>> = HashMap::new();
     for dims in &shapes {
         for &(op, fused) in &jobs {
             let name = if fused { "pre-forward+sinkhorn".to_string() } else { op.name().to_string() };
