@@ -32,9 +32,7 @@ fn bf16_top(v: f32) -> u32 {
 }
 
 fn bf16_top4(v: vec4<f32>) -> vec4<u32> {
-    let b = bitcast<vec4<u32>>(v);
-    let rounded = b + vec4<u32>(0x7fffu) + ((b >> vec4<u32>(16u)) & vec4<u32>(1u));
-    return select(rounded, b | vec4<u32>(0x400000u), (b & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u));
+    return vec4<u32>(bf16_top(v.x), bf16_top(v.y), bf16_top(v.z), bf16_top(v.w));
 }
 
 fn bf16_bits(v: f32) -> u32 {

@@ -67,7 +67,7 @@ impl Tile {
         let rows = |tb: u32| tokens / (tb * tpl) as usize;
         let tb = [32, 16].into_iter().find(|&tb| rows(tb) >= 256).unwrap_or(8);
         let tiles = tokens.div_ceil((tb * tpl) as usize).max(1);
-        let slices = (128 / tiles as u32).max(2).clamp(1, (d / 256).max(1));
+        let slices = (128 / tiles as u32).max(2).min((d / 256).max(1));
         Tile { tb, tpl, slices }
     }
 }
