@@ -1,6 +1,8 @@
 // ---- sinkhorn_math.wgsl: the Sinkhorn-Knopp projection of one token's N x N matrix ----
 // Needs: N, NN = N * N. Matrices are row-major (row j, column i) in private arrays, indexed
-// only by unrolled constants so that they stay in registers.
+// only by unrolled constants so that they stay in registers. A row or column is divided by
+// multiplying with its sum's reciprocal: N divisions a step instead of NN (within an ulp of
+// dividing each element).
 // Normalisation step s (0-based) divides columns when s is even and rows when s is odd:
 // after the softmax come `cols`, then iters - 1 pairs of (rows, cols), 2 * iters - 1 in all.
 
@@ -17,8 +19,9 @@ fn sk_softmax(l: ptr<function, array<f32, NN>>, eps: f32) -> array<f32, NN> {
         p[{j} * N + {i}] = exp((*l)[{j} * N + {i}] - mx);
         s += p[{j} * N + {i}];
 #endunroll
+        let r = 1.0 / s;
 #unroll i N
-        p[{j} * N + {i}] = p[{j} * N + {i}] / s + eps;
+        p[{j} * N + {i}] = p[{j} * N + {i}] * r + eps;
 #endunroll
     }
 #endunroll
@@ -35,8 +38,9 @@ fn sk_normalise(p: ptr<function, array<f32, NN>>, cols: bool, eps: f32, den: ptr
             s += (*p)[{j} * N + {i}];
 #endunroll
             (*den)[{i}] = s + eps;
+            let r = 1.0 / (s + eps);
 #unroll j N
-            (*p)[{j} * N + {i}] = (*p)[{j} * N + {i}] / (s + eps);
+            (*p)[{j} * N + {i}] *= r;
 #endunroll
         }
 #endunroll
@@ -48,8 +52,9 @@ fn sk_normalise(p: ptr<function, array<f32, NN>>, cols: bool, eps: f32, den: ptr
             s += (*p)[{j} * N + {i}];
 #endunroll
             (*den)[{j}] = s + eps;
+            let r = 1.0 / (s + eps);
 #unroll i N
-            (*p)[{j} * N + {i}] = (*p)[{j} * N + {i}] / (s + eps);
+            (*p)[{j} * N + {i}] *= r;
 #endunroll
         }
 #endunroll
@@ -65,8 +70,9 @@ fn sk_normalise_back(g: ptr<function, array<f32, NN>>, q: ptr<function, array<f3
 #unroll j N
             dot += (*g)[{j} * N + {i}] * (*q)[{j} * N + {i}];
 #endunroll
+            let r = 1.0 / (*den)[{i}];
 #unroll j N
-            (*g)[{j} * N + {i}] = ((*g)[{j} * N + {i}] - dot) / (*den)[{i}];
+            (*g)[{j} * N + {i}] = ((*g)[{j} * N + {i}] - dot) * r;
 #endunroll
         }
 #endunroll
@@ -77,8 +83,9 @@ fn sk_normalise_back(g: ptr<function, array<f32, NN>>, q: ptr<function, array<f3
 #unroll i N
             dot += (*g)[{j} * N + {i}] * (*q)[{j} * N + {i}];
 #endunroll
+            let r = 1.0 / (*den)[{j}];
 #unroll i N
-            (*g)[{j} * N + {i}] = ((*g)[{j} * N + {i}] - dot) / (*den)[{j}];
+            (*g)[{j} * N + {i}] = ((*g)[{j} * N + {i}] - dot) * r;
 #endunroll
         }
 #endunroll
