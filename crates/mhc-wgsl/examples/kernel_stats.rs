@@ -1,0 +1,272 @@
+//! What the Vulkan driver reports about each of mhc's kernels once it has compiled them for
+//! the GPU (`VK_KHR_pipeline_executable_properties`): on NVIDIA, registers an invocation and
+//! the shared and local (spilled) memory, which decide how many workgroups a multiprocessor
+//! holds. wgpu does not expose these, so this builds each kernel as `mhc bench` runs it (n = 4
+//! at its four default shapes, subgroups of 32), translates it to SPIR-V with naga as wgpu's
+//! Vulkan backend does with mhc's settings (no runtime checks, native workgroup-memory zeroing,
+//! SPIR-V 1.6), and compiles it through ash.
+//!
+//! ```sh
+//! cargo run --release -p mhc-wgsl --example kernel_stats
+//! ```
+//!
+//! Needs a Vulkan 1.3 device with the extension (NVIDIA's driver has it; lavapipe has not, and
+//! the example says so). The tensor-core kernels are included where the device has
+//! `VK_KHR_cooperative_matrix`.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::ffi::{CStr, CString};
+
+use ash::vk;
+use mhc_wgsl::{CoopTile, Family, Projection, Spec, SplitTile, Target, Tile};
+use naga::back::spv;
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+type Res<T> = Result<T, Box<dyn Error>>;
+
+/// A kernel to compile: a label for its shape, its family, entry point and specialisation.
+struct Kernel {
+    shape: String,
+    family: Family,
+    entry: &'static str,
+    spec: Spec,
+}
+
+/// Every kernel `mhc bench` runs at its default shapes, specialised as the runtime does there.
+fn kernels() -> Vec<Kernel> {
+    let target = Target { subgroup: true, sg_min: 32 };
+    let n = 4;
+    let mut out = Vec::new();
+    let mut add = |shape: &str, family, entries: &[&'static str], spec: Spec| {
+        for &entry in entries {
+            out.push(Kernel { shape: shape.to_string(), family, entry, spec: spec.clone() });
+        }
+    };
+    for (t, d) in [(4096, 2560), (8192, 2560), (16384, 4096), (8192, 7168)] {
+        let shape = format!("{t},{n},{d}");
+        let tile = Tile::for_tokens(n, d, t);
+        let split = SplitTile::for_shape(n, d, t, 49152).expect("D is a multiple of 8");
+        let gamma = mhc_wgsl::gamma_in_project(t);
+        let pre = mhc_wgsl::pre_forward(n, d, false, gamma, target, tile, Projection::Split(split));
+        add(&shape, Family::PreForward, &["fold_gamma", "project", "main"], pre);
+        add(&shape, Family::PreBackward, &["rows", "cols", "finish"], mhc_wgsl::pre_backward(n, d, true, target));
+        add(&shape, Family::Post, &["forward"], mhc_wgsl::post(n, d, false, target));
+        add(&shape, Family::Post, &["backward"], mhc_wgsl::post(n, d, true, target));
+        if let Some(c) = CoopTile::for_shape(n, d, t) {
+            add(&shape, Family::PreForwardCoop, &["project"], mhc_wgsl::pre_forward_coop(n, d, c));
+            let main = mhc_wgsl::pre_forward(n, d, false, false, target, tile, Projection::Coop(c.splits));
+            add(&shape, Family::PreForward, &["main"], main);
+        }
+    }
+    add("n = 4", Family::Sinkhorn, &["forward", "backward"], mhc_wgsl::sinkhorn(n));
+    add("-", Family::Bench, &["copy", "fma_rate"], mhc_wgsl::bench());
+    out
+}
+
+/// A kernel translated to SPIR-V, with the buffers of each bind group it declares.
+struct Spirv {
+    words: Vec<u32>,
+    entry: &'static str,
+    groups: BTreeMap<u32, Vec<vk::DescriptorSetLayoutBinding<'static>>>,
+}
+
+fn translate(k: &Kernel) -> Res<Spirv> {
+    let src = k.family.source(&k.spec)?;
+    let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
+    let info = Validator::new(ValidationFlags::all(), Capabilities::all()).validate(&module)?;
+    let options = spv::Options {
+        lang_version: (1, 6),
+        bounds_check_policies: naga::proc::BoundsCheckPolicies::default(),
+        zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::Native,
+        force_loop_bounding: false,
+        emit_int_div_checks: false,
+        ..Default::default()
+    };
+    let stage = spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: k.entry.into() };
+    let words = spv::write_vec(&module, &info, &options, Some(&stage))?;
+    let mut groups: BTreeMap<u32, Vec<vk::DescriptorSetLayoutBinding>> = BTreeMap::new();
+    for (_, var) in module.global_variables.iter() {
+        let ty = match var.space {
+            naga::AddressSpace::Uniform => vk::DescriptorType::UNIFORM_BUFFER,
+            naga::AddressSpace::Storage { .. } => vk::DescriptorType::STORAGE_BUFFER,
+            _ => continue,
+        };
+        if let Some(b) = &var.binding {
+            groups.entry(b.group).or_default().push(
+                vk::DescriptorSetLayoutBinding::default()
+                    .binding(b.binding)
+                    .descriptor_type(ty)
+                    .descriptor_count(1)
+                    .stage_flags(vk::ShaderStageFlags::COMPUTE),
+            );
+        }
+    }
+    Ok(Spirv { words, entry: k.entry, groups })
+}
+
+/// The Vulkan objects the kernels are compiled on.
+struct Gpu {
+    _entry: ash::Entry,
+    instance: ash::Instance,
+    device: ash::Device,
+    stats: ash::khr::pipeline_executable_properties::Device,
+    name: String,
+    coop: bool,
+}
+
+impl Gpu {
+    fn new() -> Res<Gpu> {
+        // SAFETY: loading the system's Vulkan loader; every call below follows the Vulkan
+        // spec's valid usage for the objects created here, which outlive their uses.
+        let entry = unsafe { ash::Entry::load()? };
+        let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_3);
+        let instance = unsafe { entry.create_instance(&vk::InstanceCreateInfo::default().application_info(&app), None)? };
+        let devices = unsafe { instance.enumerate_physical_devices()? };
+        let props = |p| unsafe { instance.get_physical_device_properties(p) };
+        let physical = devices
+            .iter()
+            .copied()
+            .max_by_key(|&p| props(p).device_type == vk::PhysicalDeviceType::DISCRETE_GPU)
+            .ok_or("no Vulkan device")?;
+        let name = props(physical).device_name_as_c_str()?.to_string_lossy().into_owned();
+        if props(physical).api_version < vk::API_VERSION_1_3 {
+            return Err(format!("{name}: Vulkan 1.3 needed").into());
+        }
+        let extensions = unsafe { instance.enumerate_device_extension_properties(physical)? };
+        let has = |want: &CStr| extensions.iter().any(|e| e.extension_name_as_c_str() == Ok(want));
+        let stats_ext = ash::khr::pipeline_executable_properties::NAME;
+        if !has(stats_ext) {
+            return Err(format!("{name} does not report compiled kernels' statistics ({stats_ext:?})").into());
+        }
+        let coop = has(ash::khr::cooperative_matrix::NAME);
+        let mut enabled = vec![stats_ext.as_ptr()];
+        if coop {
+            enabled.push(ash::khr::cooperative_matrix::NAME.as_ptr());
+        }
+        let family = unsafe { instance.get_physical_device_queue_family_properties(physical) }
+            .iter()
+            .position(|q| q.queue_flags.contains(vk::QueueFlags::COMPUTE))
+            .ok_or("no compute queue")? as u32;
+        let queues = [vk::DeviceQueueCreateInfo::default().queue_family_index(family).queue_priorities(&[1.0])];
+        let mut stats_feature = vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default()
+            .pipeline_executable_info(true);
+        let mut v11 = vk::PhysicalDeviceVulkan11Features::default().storage_buffer16_bit_access(coop);
+        let mut v12 = vk::PhysicalDeviceVulkan12Features::default().shader_float16(coop).vulkan_memory_model(coop);
+        let mut v13 = vk::PhysicalDeviceVulkan13Features::default().shader_zero_initialize_workgroup_memory(true);
+        let mut coop_feature = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default().cooperative_matrix(true);
+        let mut info = vk::DeviceCreateInfo::default()
+            .queue_create_infos(&queues)
+            .enabled_extension_names(&enabled)
+            .push_next(&mut stats_feature)
+            .push_next(&mut v11)
+            .push_next(&mut v12)
+            .push_next(&mut v13);
+        if coop {
+            info = info.push_next(&mut coop_feature);
+        }
+        let device = unsafe { instance.create_device(physical, &info, None)? };
+        let stats = ash::khr::pipeline_executable_properties::Device::new(&instance, &device);
+        Ok(Gpu { _entry: entry, instance, device, stats, name, coop })
+    }
+
+    /// The driver's statistics of `k`, one line per executable.
+    fn compile(&self, k: &Spirv) -> Res<Vec<String>> {
+        let d = &self.device;
+        let last = k.groups.keys().max().map_or(0, |g| g + 1);
+        let mut set_layouts = Vec::new();
+        for g in 0..last {
+            let bindings = k.groups.get(&g).map_or(&[][..], |b| &b[..]);
+            let ci = vk::DescriptorSetLayoutCreateInfo::default().bindings(bindings);
+            set_layouts.push(unsafe { d.create_descriptor_set_layout(&ci, None)? });
+        }
+        let layout =
+            unsafe { d.create_pipeline_layout(&vk::PipelineLayoutCreateInfo::default().set_layouts(&set_layouts), None)? };
+        let shader = unsafe { d.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&k.words), None)? };
+        let entry = CString::new(k.entry)?;
+        let ci = vk::ComputePipelineCreateInfo::default()
+            .flags(vk::PipelineCreateFlags::CAPTURE_STATISTICS_KHR)
+            .stage(
+                vk::PipelineShaderStageCreateInfo::default()
+                    .stage(vk::ShaderStageFlags::COMPUTE)
+                    .module(shader)
+                    .name(&entry),
+            )
+            .layout(layout);
+        let pipelines = unsafe { d.create_compute_pipelines(vk::PipelineCache::null(), &[ci], None) };
+        let lines = pipelines.map_err(|(_, e)| e.into()).and_then(|p| {
+            let lines = self.statistics(p[0]);
+            unsafe { d.destroy_pipeline(p[0], None) };
+            lines
+        });
+        unsafe {
+            d.destroy_shader_module(shader, None);
+            d.destroy_pipeline_layout(layout, None);
+            for s in set_layouts {
+                d.destroy_descriptor_set_layout(s, None);
+            }
+        }
+        lines
+    }
+
+    fn statistics(&self, pipeline: vk::Pipeline) -> Res<Vec<String>> {
+        let execs = unsafe { self.stats.get_pipeline_executable_properties(&vk::PipelineInfoKHR::default().pipeline(pipeline))? };
+        let mut lines = Vec::new();
+        for index in 0..execs.len() as u32 {
+            let exec = vk::PipelineExecutableInfoKHR::default().pipeline(pipeline).executable_index(index);
+            let stats = unsafe { self.stats.get_pipeline_executable_statistics(&exec)? };
+            let fields: Vec<String> = stats
+                .iter()
+                .map(|s| {
+                    // SAFETY: `format` says which member of the union the driver wrote.
+                    let value = unsafe {
+                        match s.format {
+                            vk::PipelineExecutableStatisticFormatKHR::BOOL32 => (s.value.b32 != 0).to_string(),
+                            vk::PipelineExecutableStatisticFormatKHR::INT64 => s.value.i64.to_string(),
+                            vk::PipelineExecutableStatisticFormatKHR::UINT64 => s.value.u64.to_string(),
+                            _ => format!("{:.1}", s.value.f64),
+                        }
+                    };
+                    let name = s.name_as_c_str().map_or("?".into(), |n| n.to_string_lossy().into_owned());
+                    format!("{name} {value}")
+                })
+                .collect();
+            lines.push(fields.join(", "));
+        }
+        Ok(lines)
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        unsafe {
+            self.device.destroy_device(None);
+            self.instance.destroy_instance(None);
+        }
+    }
+}
+
+fn main() -> Res<()> {
+    // Translated first, so that a broken kernel shows up on any machine.
+    let mut translated = Vec::new();
+    for k in kernels() {
+        let label = format!("{:<17} {:<16} {:<10}", k.shape, k.family.name(), k.entry);
+        translated.push((k.family, label, translate(&k)?));
+    }
+    let gpu = Gpu::new()?;
+    println!("{}: statistics of each kernel as its driver compiled it", gpu.name);
+    for (family, label, spirv) in translated {
+        if family == Family::PreForwardCoop && !gpu.coop {
+            continue;
+        }
+        match gpu.compile(&spirv) {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{label} {line}");
+                }
+            }
+            Err(e) => println!("{label} failed: {e}"),
+        }
+    }
+    Ok(())
+}
