@@ -436,7 +436,18 @@ fn run_rejects_bad_tensors() {
     type Case<'a> = (&'a str, &'a str, RawFile, Vec<&'a str>);
     let cases: Vec<Case<'_>> = vec![
         ("phi-bf16", "pre-forward", with(pre.clone(), "phi", as_bf16(&pre["phi"])), vec!["phi", "f32", "bf16"]),
-        ("phi-f16", "pre-forward", with(pre.clone(), "phi", as_f16(&pre["phi"])), vec!["phi", "f32", "f16"]),
+        (
+            "phi-f16",
+            "pre-forward",
+            with(pre.clone(), "phi", as_f16(&pre["phi"])),
+            vec!["phi", "F16", "pre-forward takes phi as f32"],
+        ),
+        (
+            "x-f16",
+            "pre-forward",
+            with(pre.clone(), "x", as_f16(&bf16_as_f32(&pre["x"]))),
+            vec!["x", "F16", "pre-forward takes x as bf16"],
+        ),
         ("x-f32", "pre-forward", with(pre.clone(), "x", bf16_as_f32(&pre["x"])), vec!["x", "bf16", "f32"]),
         (
             "inv_rms-bf16",

@@ -3,8 +3,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use mhc::core::{DType, HostTensor, Op, TensorMeta};
-use mhc::exec::{Device, Named, execute};
+use mhc::core::{DType, Dims, HostTensor, Op, TensorMeta};
+use mhc::exec::{Device, Named, Options, execute, random_inputs};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use super::{CliResult, DeviceArg, OpOptions, context, parse_op};
@@ -28,8 +28,14 @@ fn file_err(path: &Path, detail: impl std::fmt::Display) -> Box<dyn std::error::
     format!("{}: {detail}", path.display()).into()
 }
 
-/// Reads every tensor of a safetensors file; bf16 and f32 only.
-pub fn read_safetensors(path: &Path) -> CliResult<Named> {
+/// The dtype `op` takes its input `name` in: that of the input it makes up itself.
+fn expected_dtype(op: Op, name: &str) -> Option<DType> {
+    let dims = Dims::new(1, 1, 1).ok()?;
+    random_inputs(op, &dims, 0, &Options::default()).get(name).map(HostTensor::dtype)
+}
+
+/// Reads every tensor of a safetensors file of `op`'s inputs; bf16 and f32 only.
+pub fn read_safetensors(path: &Path, op: Op) -> CliResult<Named> {
     let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
     let st =
         SafeTensors::deserialize(&bytes).map_err(|e| file_err(path, format!("not a valid safetensors file: {e}")))?;
@@ -39,7 +45,11 @@ pub fn read_safetensors(path: &Path) -> CliResult<Named> {
             Dtype::BF16 => DType::BF16,
             Dtype::F32 => DType::F32,
             other => {
-                return Err(file_err(path, format!("{name}: dtype {other:?} is not supported (bf16 or f32 expected)")));
+                let wanted = expected_dtype(op, &name).map_or_else(
+                    || "bf16 or f32 expected".to_string(),
+                    |d| format!("{} takes {name} as {d}", op.name()),
+                );
+                return Err(file_err(path, format!("{name}: dtype {other:?} is not supported ({wanted})")));
             }
         };
         let t = HostTensor::from_le_bytes(view.shape().to_vec(), dtype, view.data())
@@ -75,7 +85,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, HostTensor)]) -> CliResu
 }
 
 pub fn run(a: RunArgs) -> CliResult<ExitCode> {
-    let inputs = read_safetensors(&a.input)?;
+    let inputs = read_safetensors(&a.input, a.op)?;
     let ctx = if a.device == DeviceArg::Gpu { Some(context()?) } else { None };
     let device = ctx.as_ref().map_or(Device::Cpu, Device::Gpu);
     let outputs = execute(a.op, device, &inputs, &a.opts.options()).map_err(|e| file_err(&a.input, e))?;

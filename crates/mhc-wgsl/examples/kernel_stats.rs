@@ -121,7 +121,8 @@ impl Gpu {
         // spec's valid usage for the objects created here, which outlive their uses.
         let entry = unsafe { ash::Entry::load()? };
         let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_3);
-        let instance = unsafe { entry.create_instance(&vk::InstanceCreateInfo::default().application_info(&app), None)? };
+        let instance =
+            unsafe { entry.create_instance(&vk::InstanceCreateInfo::default().application_info(&app), None)? };
         let devices = unsafe { instance.enumerate_physical_devices()? };
         let props = |p| unsafe { instance.get_physical_device_properties(p) };
         let physical = devices
@@ -149,8 +150,8 @@ impl Gpu {
             .position(|q| q.queue_flags.contains(vk::QueueFlags::COMPUTE))
             .ok_or("no compute queue")? as u32;
         let queues = [vk::DeviceQueueCreateInfo::default().queue_family_index(family).queue_priorities(&[1.0])];
-        let mut stats_feature = vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default()
-            .pipeline_executable_info(true);
+        let mut stats_feature =
+            vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default().pipeline_executable_info(true);
         let mut v11 = vk::PhysicalDeviceVulkan11Features::default().storage_buffer16_bit_access(coop);
         let mut v12 = vk::PhysicalDeviceVulkan12Features::default().shader_float16(coop).vulkan_memory_model(coop);
         let mut v13 = vk::PhysicalDeviceVulkan13Features::default().shader_zero_initialize_workgroup_memory(true);
@@ -180,8 +181,9 @@ impl Gpu {
             let ci = vk::DescriptorSetLayoutCreateInfo::default().bindings(bindings);
             set_layouts.push(unsafe { d.create_descriptor_set_layout(&ci, None)? });
         }
-        let layout =
-            unsafe { d.create_pipeline_layout(&vk::PipelineLayoutCreateInfo::default().set_layouts(&set_layouts), None)? };
+        let layout = unsafe {
+            d.create_pipeline_layout(&vk::PipelineLayoutCreateInfo::default().set_layouts(&set_layouts), None)?
+        };
         let shader = unsafe { d.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&k.words), None)? };
         let entry = CString::new(k.entry)?;
         let ci = vk::ComputePipelineCreateInfo::default()
@@ -210,7 +212,9 @@ impl Gpu {
     }
 
     fn statistics(&self, pipeline: vk::Pipeline) -> Res<Vec<String>> {
-        let execs = unsafe { self.stats.get_pipeline_executable_properties(&vk::PipelineInfoKHR::default().pipeline(pipeline))? };
+        let execs = unsafe {
+            self.stats.get_pipeline_executable_properties(&vk::PipelineInfoKHR::default().pipeline(pipeline))?
+        };
         let mut lines = Vec::new();
         for index in 0..execs.len() as u32 {
             let exec = vk::PipelineExecutableInfoKHR::default().pipeline(pipeline).executable_index(index);
