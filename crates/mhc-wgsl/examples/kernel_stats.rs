@@ -25,6 +25,10 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
+/// Workgroup memory an H200 allows a workgroup through wgpu (`../shared/GPU-FACTS.md`), which
+/// sizes `project`'s chunks of phi.
+const WORKGROUP_STORAGE: u32 = 49152;
+
 /// A kernel to compile: a label for its shape, its family, entry point and specialisation.
 struct Kernel {
     shape: String,
@@ -46,7 +50,7 @@ fn kernels() -> Vec<Kernel> {
     for (t, d) in [(4096, 2560), (8192, 2560), (16384, 4096), (8192, 7168)] {
         let shape = format!("{t},{n},{d}");
         let tile = Tile::for_tokens(n, d, t);
-        let split = SplitTile::for_shape(n, d, t, 49152).expect("D is a multiple of 8");
+        let split = SplitTile::for_shape(n, d, t, WORKGROUP_STORAGE).expect("D is a multiple of 8");
         let gamma = mhc_wgsl::gamma_in_project(t);
         let pre = mhc_wgsl::pre_forward(n, d, false, gamma, target, tile, Projection::Split(split));
         add(&shape, Family::PreForward, &["fold_gamma", "project", "main"], pre);
@@ -54,6 +58,7 @@ fn kernels() -> Vec<Kernel> {
         add(&shape, Family::Post, &["forward"], mhc_wgsl::post(n, d, false, target));
         add(&shape, Family::Post, &["backward"], mhc_wgsl::post(n, d, true, target));
         if let Some(c) = CoopTile::for_shape(n, d, t) {
+            let shape = format!("{shape} coop");
             add(&shape, Family::PreForwardCoop, &["project"], mhc_wgsl::pre_forward_coop(n, d, c));
             let main = mhc_wgsl::pre_forward(n, d, false, false, target, tile, Projection::Coop(c.splits));
             add(&shape, Family::PreForward, &["main"], main);
