@@ -156,7 +156,7 @@ pub struct SplitTile {
 
 /// Workgroups `project` aims at. An H200 holds two of them on each of its 132 multiprocessors
 /// (180 registers an invocation, `examples/kernel_stats.rs`), so 256 run as one wave; 320 or
-/// 384 took 10-30% longer there, and 384 still took 27% longer with a `project` of 154
+/// 384 took 10-30% longer there, and 384 still took 14-33% longer with a `project` of 154
 /// registers, three to a multiprocessor.
 const SPLIT_TARGET_GROUPS: usize = 256;
 /// `main` adds a token's partials with one load each, unrolled: at most this many splits
