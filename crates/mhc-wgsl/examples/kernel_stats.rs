@@ -135,8 +135,9 @@ impl Gpu {
             .copied()
             .max_by_key(|&p| props(p).device_type == vk::PhysicalDeviceType::DISCRETE_GPU)
             .ok_or("no Vulkan device")?;
-        let name = props(physical).device_name_as_c_str()?.to_string_lossy().into_owned();
-        if props(physical).api_version < vk::API_VERSION_1_3 {
+        let chosen = props(physical);
+        let name = chosen.device_name_as_c_str()?.to_string_lossy().into_owned();
+        if chosen.api_version < vk::API_VERSION_1_3 {
             return Err(format!("{name}: Vulkan 1.3 needed").into());
         }
         let extensions = unsafe { instance.enumerate_device_extension_properties(physical)? };
