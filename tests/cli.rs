@@ -832,9 +832,11 @@ fn bench_times_stages() {
         assert_eq!(names, entries, "{ctx}");
         let us: Vec<f64> = stages.iter().map(|s| s["us"].as_f64().unwrap()).collect();
         assert!(us.iter().all(|u| u.is_finite() && *u > 0.0), "{us:?}: {ctx}");
-        // Stages lie inside the pass: their medians add up to about the pass's median.
-        let (sum, total) = (us.iter().sum::<f64>(), row["us"].as_f64().unwrap());
-        assert!(sum <= 1.2 * total && sum >= 0.5 * total, "stages {us:?} vs pass {total}: {ctx}");
+        // Each stage lies inside its pass in every run, so its median is at most the pass's
+        // (order statistics keep a pointwise order). No lower bound: on a busy CPU, lavapipe's
+        // end-of-pass timestamp can come long after the last stage's.
+        let total = row["us"].as_f64().unwrap();
+        assert!(us.iter().all(|u| *u <= total * (1.0 + 1e-9)), "stages {us:?} vs pass {total}: {ctx}");
     }
     assert!(text(&out.stdout).contains("cols"), "{ctx}");
 }
