@@ -410,26 +410,6 @@ fn seg_partial(is_phi: bool, idx: u32) -> f32 {
     return part_gamma[idx];
 }
 
-// Element e summed over the token segments in segment order (reruns give the same bits), the
-// loads eight at a time: one at a time left `finish` waiting a memory latency per segment.
-fn seg_total(is_phi: bool, e: u32, stride: u32) -> f32 {
-    var s = 0.0;
-    var g = 0u;
-    for (; g + 8u <= params.n_segs; g += 8u) {
-        var v: array<f32, 8>;
-#unroll j 8
-        v[{j}] = seg_partial(is_phi, (g + {j}) * stride + e);
-#endunroll
-#unroll j 8
-        s += v[{j}];
-#endunroll
-    }
-    for (; g < params.n_segs; g++) {
-        s += seg_partial(is_phi, g * stride + e);
-    }
-    return s;
-}
-
 // A running sum and the rounding errors of its additions (Neumaier's variant of Kahan's).
 struct Compensated {
     s: f32,
@@ -440,6 +420,26 @@ fn compensated_add(a: Compensated, v: f32) -> Compensated {
     let t = a.s + v;
     let lost = select((v - t) + a.s, (a.s - t) + v, abs(a.s) >= abs(v));
     return Compensated(t, a.c + lost);
+}
+
+// Element e summed over the token segments in segment order (reruns give the same bits), the
+// loads eight at a time: one at a time left `finish` waiting a memory latency per segment.
+fn seg_total(is_phi: bool, e: u32, stride: u32) -> f32 {
+    var sum = Compensated(0.0, 0.0);
+    var g = 0u;
+    for (; g + 8u <= params.n_segs; g += 8u) {
+        var v: array<f32, 8>;
+#unroll j 8
+        v[{j}] = seg_partial(is_phi, (g + {j}) * stride + e);
+#endunroll
+#unroll j 8
+        sum = compensated_add(sum, v[{j}]);
+#endunroll
+    }
+    for (; g < params.n_segs; g++) {
+        sum = compensated_add(sum, seg_partial(is_phi, g * stride + e));
+    }
+    return sum.s + sum.c;
 }
 
 // Workgroups of `finish` that sum dphi and dgamma; the SMALL after them sum one value of dbias

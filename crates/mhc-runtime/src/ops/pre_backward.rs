@@ -60,6 +60,16 @@ impl PreBackwardOutputs {
 const COLS_TARGET_GROUPS: usize = 1024;
 /// Bytes of dphi partial sums the `cols` pass may keep (one slice per token segment).
 const PARTIALS_BUDGET: u64 = 64 << 20;
+/// Tokens a `cols` segment adds up in plain f32 where its partials are few bytes (`finish`
+/// adds the segments with compensation). A segment's rounding error grows with its length,
+/// and with few columns there are few dgamma values for SPEC.md's norm test to average over:
+/// at 530,000 tokens and K = 2 on lavapipe, segments of 518 tokens left dgamma's error above
+/// 1e-5 on 2 of 300 random inputs and above 5e-6 on 4 (mean 9.2e-7); segments of 128, above
+/// 5e-6 on none of 600 (mean 3.4e-7, largest 4.4e-6).
+const ACCURATE_SEG_TOKENS: usize = 128;
+/// Partials small enough that segments of [`ACCURATE_SEG_TOKENS`] cost nothing measurable
+/// (at the bench shapes one segment's partials alone take about 1 MB or more).
+const SMALL_PARTIALS: u64 = 1 << 20;
 
 /// mhc_pre backward: the gradients of x and of the weights from dh_in, dh_post and dh_res and
 /// the tensors mhc_pre forward saved (SPEC.md section 2). dh_res is the gradient of the h_res
@@ -131,7 +141,9 @@ pub fn pre_backward_into(
     let longest = chunks.ranges.iter().map(|r| r.len()).max().unwrap_or(1);
     let slice_bytes = (m * k * 4) as u64;
     let max_segs = (PARTIALS_BUDGET.min(ctx.max_binding_size()) / slice_bytes).max(1) as usize;
-    let n_segs = COLS_TARGET_GROUPS.div_ceil(col_blocks).min(max_segs).min(longest).max(1);
+    let accurate = longest.div_ceil(ACCURATE_SEG_TOKENS);
+    let accurate = if accurate as u64 * slice_bytes <= SMALL_PARTIALS { accurate } else { 1 };
+    let n_segs = COLS_TARGET_GROUPS.div_ceil(col_blocks).max(accurate).min(max_segs).min(longest).max(1);
     if slice_bytes > ctx.max_binding_size() {
         return Err(Error::TooLarge {
             what: "dphi".into(),
