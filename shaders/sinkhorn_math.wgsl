@@ -37,8 +37,9 @@ fn sk_normalise(p: ptr<function, array<f32, NN>>, cols: bool, eps: f32, den: ptr
 #unroll j N
             s += (*p)[{j} * N + {i}];
 #endunroll
-            (*den)[{i}] = s + eps;
-            let r = 1.0 / (s + eps);
+            let d = s + eps;
+            (*den)[{i}] = d;
+            let r = 1.0 / d;
 #unroll j N
             (*p)[{j} * N + {i}] *= r;
 #endunroll
@@ -51,8 +52,9 @@ fn sk_normalise(p: ptr<function, array<f32, NN>>, cols: bool, eps: f32, den: ptr
 #unroll i N
             s += (*p)[{j} * N + {i}];
 #endunroll
-            (*den)[{j}] = s + eps;
-            let r = 1.0 / (s + eps);
+            let d = s + eps;
+            (*den)[{j}] = d;
+            let r = 1.0 / d;
 #unroll i N
             (*p)[{j} * N + {i}] *= r;
 #endunroll
