@@ -1,6 +1,6 @@
 // ---- post.wgsl: mhc_post forward and backward (SPEC.md section 4) ----
-// Needs: N, D, NN = N * N, WG, NV = N + NN, SG_MIN; flags VEC4 (D % 8 == 0), SUBGROUP and
-// SC4 (N == 4: a token's mixes are read as vec4s).
+// Needs: N, D, NN = N * N, WG, NV = N + NN (and reduce.wgsl's RG, CL, RPL); flags VEC4
+// (D % 8 == 0), SUBGROUP and SC4 (N == 4: a token's mixes are read as vec4s).
 // Forward: one invocation per (token, 8 columns), all N output rows: x, residual and out each
 // cross memory once. Backward: one workgroup per token; dx and dresidual are written in the
 // same pass that accumulates dpost_layer_mix and dcomb_res_mix, reduced by block_reduce.
@@ -139,7 +139,7 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     }
     let mx = mixes(tok);
     // acc[i]: dplm of row i; acc[N + j * N + i]: dcomb[j, i].
-    var acc: array<f32, NV>;
+    var acc: array<f32, NVP>;
     // Each step loads the next column block before its own arithmetic, so an invocation's
     // loads for two blocks are in flight at once.
     var next: Block;
@@ -212,7 +212,7 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         return;
     }
     let mx = mixes(tok);
-    var acc: array<f32, NV>;
+    var acc: array<f32, NVP>;
     for (var d = lane.lid; d < D; d += WG) {
         var g: array<f32, N>;
 #unroll i N

@@ -1,6 +1,7 @@
 // ---- pre_backward.wgsl: mhc_pre backward (SPEC.md section 2) in three entry points ----
-// Needs: N, D, K = N * D, M, NN, TB tokens a `rows` workgroup, WG, NV = TB * N, SG_MIN, UT
-// tokens a step of `cols`, CHT tokens it stages at a time (a multiple of UT), TV = (M + 4) / 4,
+// Needs: N, D, K = N * D, M, NN, TB tokens a `rows` workgroup, WG, NV = TB * N (and
+// reduce.wgsl's RG, CL, RPL), UT tokens a step of `cols`, CHT tokens it stages at a time (a
+// multiple of UT), TV = (M + 4) / 4,
 // SL = ceil(CHT * (M + 1) / WG) and HL = ceil(CHT * N / WG) (scalars an invocation stages);
 // flags VEC4 (D % 8 == 0), PAIR (D % 2 == 0), HAS_GAMMA, SUBGROUP.
 //
@@ -76,7 +77,7 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
     let lid = lane.lid;
     // acc[b * N + i]: dh_pre of token b, stream i.
-    var acc: array<f32, NV>;
+    var acc: array<f32, NVP>;
 #unroll b TB
     if (tok0 + {b} < params.t) {
         let tok = tok0 + {b};

@@ -1,6 +1,6 @@
 // ---- pre_forward.wgsl: mhc_pre forward (SPEC.md section 1), fused ----
-// Needs: N, D, K = N * D, M = N * N + 2N, NN = N * N, WG invocations, SG_MIN, NV; flags VEC4
-// (D % 8 == 0), SINKHORN (h_res is the Sinkhorn projection, the raw logits go to
+// Needs: N, D, K = N * D, M = N * N + 2N, NN = N * N, WG invocations, NV (and reduce.wgsl's
+// RG, CL, RPL); flags VEC4 (D % 8 == 0), SINKHORN (h_res is the Sinkhorn projection, the raw logits go to
 // h_res_logits), SUBGROUP, PARTS (VEC4 only: the sums come from partials over CS splits of K,
 // PW floats a token), with COOP (pre_forward_coop.wgsl's partials, scaled and range-checked) or
 // SPLIT (this file's `project`: f32 partials, M + 1 floats a split; it also needs SC words a
@@ -377,7 +377,7 @@ fn project(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 #endif
 #else
 fn projections(lane: Lane, tok0: u32) {
-    var acc: array<f32, NV>;
+    var acc: array<f32, NVP>;
     for (var k = lane.lid; k < K; k += WG) {
         var xs: array<f32, TB>;
 #unroll b TB

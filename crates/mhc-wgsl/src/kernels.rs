@@ -22,6 +22,9 @@ fn m_of(n: u32) -> u32 {
 }
 
 fn base(n: u32, d: u32, wg: u32, target: Target) -> Spec {
+    // The lanes of one reduce-scatter in `block_reduce`: a power of two no larger than any
+    // subgroup, the workgroup or its 32 values.
+    let cluster = 1 << target.sg_min.clamp(1, 32).min(wg).ilog2();
     Spec::new()
         .with("N", n)
         .with("D", d)
@@ -29,9 +32,15 @@ fn base(n: u32, d: u32, wg: u32, target: Target) -> Spec {
         .with("M", m_of(n))
         .with("NN", n * n)
         .with("WG", wg)
-        .with("SG_MIN", target.sg_min.max(1))
+        .with("CL", cluster)
+        .with("RPL", 32 / cluster)
         .flag("SUBGROUP", target.subgroup)
         .flag("VEC4", d.is_multiple_of(8))
+}
+
+/// `nv` values an invocation that `block_reduce` sums over the workgroup, in groups of 32.
+fn with_reduction(spec: Spec, nv: u32) -> Spec {
+    spec.with("NV", nv).with("RG", nv.div_ceil(32))
 }
 
 /// Tokens a workgroup so that each invocation keeps about `budget` accumulators.
@@ -132,10 +141,10 @@ pub fn pre_forward(
     if d.is_multiple_of(8) {
         // block_reduce is not used on this path; NV only sizes its (unused) arrays.
         let slices = if matches!(projection, Projection::Split(_)) { tile.slices.max(1) } else { 1 };
-        spec.with("TB", tile.tb).with("TPL", tile.tpl).with("NV", m_of(n) + 1).with("DS", slices)
+        with_reduction(spec, m_of(n) + 1).with("TB", tile.tb).with("TPL", tile.tpl).with("DS", slices)
     } else {
         let tb = tokens_per_group(m_of(n) + 1, 100);
-        spec.with("TB", tb).with("NV", tb * (m_of(n) + 1)).with("DS", 1)
+        with_reduction(spec, tb * (m_of(n) + 1)).with("TB", tb).with("DS", 1)
     }
 }
 
@@ -300,9 +309,8 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
     let (tb, wg) = (8, 128);
     let pair = d.is_multiple_of(2) && m_of(n) <= 24;
     let cht = if pair { 64 } else { 32 };
-    base(n, d, wg, target)
+    with_reduction(base(n, d, wg, target), tb * n)
         .with("TB", tb)
-        .with("NV", tb * n)
         // Tokens `cols` stages at a time (one barrier each): 64 was 0-1.5% faster than 32 on an
         // H200 at n = 4. Kept at 32 for larger M, whose scalars would pass the 16 KB of
         // workgroup memory every adapter has.
@@ -328,7 +336,7 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
 pub fn post(n: u32, d: u32, backward: bool, target: Target) -> Spec {
     // SC4: on an H200 the mixes as 4 + 16 scalar loads an invocation took 3-5% longer than
     // as 1 + 4 vec4 loads (4096 x 2560: forward 60.2 -> 57.2 us, backward 92.2 -> 91.1).
-    base(n, d, if backward { 64 } else { 128 }, target).with("NV", n + n * n).flag("SC4", n == 4)
+    with_reduction(base(n, d, if backward { 64 } else { 128 }, target), n + n * n).flag("SC4", n == 4)
 }
 
 /// Sinkhorn forward and backward, one token an invocation.
