@@ -1,9 +1,10 @@
 // ---- post.wgsl: mhc_post forward and backward (SPEC.md section 4) ----
-// Needs: N, D, NN = N * N, WG, NV = N + NN (and reduce.wgsl's RG, CL, RPL); flags VEC4
-// (D % 8 == 0), SUBGROUP and SC4 (N == 4: a token's mixes are read as vec4s).
-// Forward: one invocation per (token, 8 columns), all N output rows: x, residual and out each
-// cross memory once. Backward: one workgroup per token; dx and dresidual are written in the
-// same pass that accumulates dpost_layer_mix and dcomb_res_mix, reduced by block_reduce.
+// Needs: N, D, NN = N * N, WG, NV = N + NN (and reduce.wgsl's RG, CL, RPL), CPI columns an
+// invocation of the forward takes (8, or 4 with NARROW; 1 without VEC4); flags VEC4
+// (D % 8 == 0), NARROW (forward only), SUBGROUP and SC4 (N == 4: a token's mixes are read as
+// vec4s). Forward: one invocation per (token, CPI columns), all N output rows: x, residual and
+// out each cross memory once. Backward: one workgroup per token; dx and dresidual are written
+// in the same pass that accumulates dpost_layer_mix and dcomb_res_mix, reduced by block_reduce.
 
 struct Params {
     t: u32,
@@ -18,9 +19,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read> comb: array<f32>;
 #endif
 #if VEC4
-@group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> residual: array<vec4<u32>>;
-@group(0) @binding(5) var<storage, read_write> out: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> x: array<Word>;
+@group(0) @binding(2) var<storage, read> residual: array<Word>;
+@group(0) @binding(5) var<storage, read_write> out: array<Word>;
 @group(0) @binding(6) var<storage, read> d_out: array<vec4<u32>>;
 @group(0) @binding(7) var<storage, read_write> dx: array<vec4<u32>>;
 @group(0) @binding(8) var<storage, read_write> dresidual: array<vec4<u32>>;
@@ -80,7 +81,41 @@ fn store_token_sums(lid: u32, tok: u32) {
 }
 
 #if VEC4
-const W: u32 = D / 8u;
+// Words of x, residual and out per row: CPI columns a word.
+const W: u32 = D / CPI;
+
+#if NARROW
+// The forward's words of 4 columns (its backward is not built with these).
+alias Word = vec2<u32>;
+alias Half = vec2<f32>;
+
+fn lo_w(q: Word) -> Half {
+    return bitcast<Half>(q << Word(16u));
+}
+
+fn hi_w(q: Word) -> Half {
+    return bitcast<Half>(q & Word(0xffff0000u));
+}
+
+fn pack_w(lo: Half, hi: Half) -> Word {
+    return Word(pack2(lo.x, hi.x), pack2(lo.y, hi.y));
+}
+#else
+alias Word = vec4<u32>;
+alias Half = vec4<f32>;
+
+fn lo_w(q: Word) -> Half {
+    return lo4(q);
+}
+
+fn hi_w(q: Word) -> Half {
+    return hi4(q);
+}
+
+fn pack_w(lo: Half, hi: Half) -> Word {
+    return pack4(lo, hi);
+}
+#endif
 
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -91,28 +126,29 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let tok = e / W;
     let w = e % W;
     let xq = x[tok * W + w];
-    var rlo: array<vec4<f32>, N>;
-    var rhi: array<vec4<f32>, N>;
+    var rlo: array<Half, N>;
+    var rhi: array<Half, N>;
 #unroll j N
     {
         let q = residual[(tok * N + {j}) * W + w];
-        rlo[{j}] = lo4(q);
-        rhi[{j}] = hi4(q);
+        rlo[{j}] = lo_w(q);
+        rhi[{j}] = hi_w(q);
     }
 #endunroll
     let mx = mixes(tok);
 #unroll i N
     {
-        var lo = mx.plm[{i}] * lo4(xq);
-        var hi = mx.plm[{i}] * hi4(xq);
+        var lo = mx.plm[{i}] * lo_w(xq);
+        var hi = mx.plm[{i}] * hi_w(xq);
 #unroll j N
         lo += mx.comb[{j} * N + {i}] * rlo[{j}];
         hi += mx.comb[{j} * N + {i}] * rhi[{j}];
 #endunroll
-        out[(tok * N + {i}) * W + w] = pack4(lo, hi);
+        out[(tok * N + {i}) * W + w] = pack_w(lo, hi);
     }
 #endunroll
 }
+#if !NARROW
 
 // One column block of a token: d_out and residual of every row, and x.
 struct Block {
@@ -182,6 +218,7 @@ fn backward(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     block_reduce(lane, &acc);
     store_token_sums(lane.lid, tok);
 }
+#endif
 #else
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

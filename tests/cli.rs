@@ -653,9 +653,13 @@ fn tuning_variables_are_used_or_refused() {
             .output()
             .expect("the mhc binary starts")
     };
-    for (var, value) in
-        [("MHC_PRE_SPLIT", "off"), ("MHC_PRE_SPLIT", "3,2,2,64"), ("MHC_PRE_TILE", "16,2"), ("MHC_PRE_TILE", "16,2,3")]
-    {
+    for (var, value) in [
+        ("MHC_PRE_SPLIT", "off"),
+        ("MHC_PRE_SPLIT", "3,2,2,64"),
+        ("MHC_PRE_TILE", "16,2"),
+        ("MHC_PRE_TILE", "16,2,3"),
+        ("MHC_POST_COLUMNS", "8"),
+    ] {
         let out = check(var, value);
         let ctx = format!("{var}={value}\nstdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
         assert!(out.status.success(), "{ctx}");
@@ -666,6 +670,7 @@ fn tuning_variables_are_used_or_refused() {
         ("MHC_PRE_SPLIT", "3,2,2", "splits,chunk_words,tokens_per_invocation,invocations"),
         ("MHC_PRE_TILE", "3,2", "tb,tpl"),
         ("MHC_PRE_TILE", "16,2,0", "tb,tpl[,slices]"),
+        ("MHC_POST_COLUMNS", "16", "4 or 8"),
     ] {
         let out = check(var, value);
         let err = text(&out.stderr);

@@ -191,6 +191,21 @@ fn post_forward_matches_golden_over_shapes() {
     run_post_forward(ctx(), 1, 4, 64);
 }
 
+/// Both word widths of the vector path, whichever the shape would choose; other widths are
+/// refused when the context is made.
+#[test]
+fn post_forward_word_widths() {
+    for columns in [4, 8] {
+        for (t, n, d) in [(7, 1, 8), (7, 4, 256), (3, 3, 2056)] {
+            run_post_forward(ctx_post_columns(columns), t, n, d);
+        }
+    }
+    let err = Context::with_options(ContextOptions { post_forward_columns: Some(16), ..Default::default() })
+        .err()
+        .expect("16 columns refused");
+    assert!(matches!(&err, Error::Param { name, .. } if name == "post_forward_columns"), "{err}");
+}
+
 #[test]
 fn post_forward_token_chunks_and_wide_grids() {
     run_post_forward(ctx_small_limits(), 900, 4, 64);
@@ -199,7 +214,8 @@ fn post_forward_token_chunks_and_wide_grids() {
 
 /// bf16 stores round to nearest, ties to even, overflow to infinity and keep NaN a NaN: with
 /// x = 1, residual = 0 and comb_res_mix = 0, mhc_post forward writes post_layer_mix itself,
-/// rounded, on the vector path (D = 16: `pack4`) and the scalar one (D = 3: `half_bits`).
+/// rounded, on the vector path (D = 16: `pack2` in words of 4 columns, `pack4` in words of 8)
+/// and the scalar one (D = 3: `half_bits`).
 #[test]
 fn bf16_stores_round_to_nearest_even() {
     let tie = 2f32.powi(-8);
@@ -222,18 +238,18 @@ fn bf16_stores_round_to_nearest_even() {
         1.234_567_9e10,
     ];
     let t = specials.len();
-    for d in [16, 3] {
+    for (ctx, d) in [(ctx_post_columns(4), 16), (ctx_post_columns(8), 16), (ctx(), 3)] {
         let x = HostTensor::bf16_from_f32(vec![t, d], &vec![1.0; t * d]).unwrap();
         let res = HostTensor::bf16_from_f32(vec![t, 1, d], &vec![0.0; t * d]).unwrap();
         let plm = HostTensor::from_f32(vec![t, 1], specials.to_vec()).unwrap();
         let comb = HostTensor::from_f32(vec![t, 1, 1], vec![0.0; t]).unwrap();
         let (x, res, plm, comb) =
-            (up(ctx(), "x", &x), up(ctx(), "residual", &res), up(ctx(), "plm", &plm), up(ctx(), "comb", &comb));
+            (up(ctx, "x", &x), up(ctx, "residual", &res), up(ctx, "plm", &plm), up(ctx, "comb", &comb));
         let inputs = PostForwardInputs { x: &x, residual: &res, post_layer_mix: &plm, comb_res_mix: &comb };
-        let out = GpuTensor::zeros(ctx(), "out", &[t, 1, d], DType::BF16).unwrap();
-        poison(ctx(), &[&out]);
-        ops::post_forward_into(ctx(), &inputs, &out).unwrap();
-        let got = out.read(ctx()).unwrap();
+        let out = GpuTensor::zeros(ctx, "out", &[t, 1, d], DType::BF16).unwrap();
+        poison(ctx, &[&out]);
+        ops::post_forward_into(ctx, &inputs, &out).unwrap();
+        let got = out.read(ctx).unwrap();
         let got = got.as_bf16().unwrap();
         for (i, &p) in specials.iter().enumerate() {
             let want = half::bf16::from_f32(p * 1.0 + 0.0 * 0.0);

@@ -36,6 +36,16 @@ pub fn ctx_small_limits() -> &'static Context {
     })
 }
 
+/// The default adapter with mhc_post forward's vector path taking `columns` (4 or 8) columns
+/// an invocation, whatever the shape would choose.
+pub fn ctx_post_columns(columns: u32) -> &'static Context {
+    static CTX: [OnceLock<Context>; 2] = [OnceLock::new(), OnceLock::new()];
+    CTX[usize::from(columns == 8)].get_or_init(|| {
+        Context::with_options(ContextOptions { post_forward_columns: Some(columns), ..Default::default() })
+            .expect("a wgpu adapter")
+    })
+}
+
 pub fn up(ctx: &Context, name: &str, t: &HostTensor) -> GpuTensor {
     GpuTensor::upload(ctx, name, t).unwrap_or_else(|e| panic!("upload {name}: {e}"))
 }

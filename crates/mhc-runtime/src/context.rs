@@ -28,6 +28,10 @@ pub struct ContextOptions {
     /// `Context::new` reads `MHC_PRE_SPLIT=splits,chunk_words,tokens_per_invocation,invocations`
     /// or `MHC_PRE_SPLIT=off`.
     pub pre_forward_split: Option<PreSplit>,
+    /// Columns an invocation of mhc_post forward's vector path takes, 4 or 8, for tuning and
+    /// testing; by default 4 up to `mhc_wgsl::POST_NARROW_ELEMENTS` elements of x (tokens x D)
+    /// and 8 above. `Context::new` reads `MHC_POST_COLUMNS=4` (or 8).
+    pub post_forward_columns: Option<u32>,
     /// Run mhc_pre forward's projection on f16 cooperative matrices (tensor cores) where the
     /// shape allows (K a multiple of 32, M at most 32, D a multiple of 8): faster, with the
     /// accuracy docs/PERFORMANCE.md states (inside SPEC.md's tolerances; not bit-identical
@@ -66,6 +70,7 @@ impl Default for ContextOptions {
             max_workgroups_per_dimension: None,
             pre_forward_tile: None,
             pre_forward_split: None,
+            post_forward_columns: None,
             cooperative_matrix: false,
             shader_checks: false,
         }
@@ -104,6 +109,7 @@ pub struct Context {
     max_groups: u32,
     pre_tile: Option<Tile>,
     pre_split: Option<PreSplit>,
+    post_columns: Option<u32>,
     pub(crate) shader_checks: bool,
     pub(crate) pipelines: PipelineCache,
     pub(crate) scratch: crate::scratch::ScratchPool,
@@ -167,6 +173,7 @@ impl Context {
         Self::with_options(ContextOptions {
             pre_forward_tile: tile_from_env()?,
             pre_forward_split: split_from_env()?,
+            post_forward_columns: columns_from_env()?,
             cooperative_matrix: flag_from_env("MHC_COOP")?,
             shader_checks: flag_from_env("MHC_SHADER_CHECKS")?,
             ..Default::default()
@@ -257,6 +264,9 @@ impl Context {
             f16: f.contains(wgpu::Features::SHADER_F16),
             cooperative_matrix: opts.cooperative_matrix,
         };
+        if let Some(c) = opts.post_forward_columns.filter(|c| ![4, 8].contains(c)) {
+            return Err(Error::param("post_forward_columns", format!("expected 4 or 8, got {c}")));
+        }
         let lost = Arc::new(Mutex::new(None));
         let sink = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
@@ -279,6 +289,7 @@ impl Context {
             max_groups,
             pre_tile: opts.pre_forward_tile,
             pre_split: opts.pre_forward_split,
+            post_columns: opts.post_forward_columns,
             shader_checks: opts.shader_checks,
             pipelines: PipelineCache::default(),
             scratch: Default::default(),
@@ -322,6 +333,10 @@ impl Context {
 
     pub(crate) fn pre_forward_split(&self) -> Option<PreSplit> {
         self.pre_split
+    }
+
+    pub(crate) fn post_forward_columns(&self) -> Option<u32> {
+        self.post_columns
     }
 
     pub(crate) fn target(&self) -> Target {
@@ -391,6 +406,16 @@ fn split_from_env() -> Result<Option<PreSplit>> {
             Ok(Some(PreSplit::Tile(SplitTile { splits, chunk_words, tokens_per_invocation, invocations })))
         }
         _ => Err(bad()),
+    }
+}
+
+/// `MHC_POST_COLUMNS=4` or `8`: see [`ContextOptions::post_forward_columns`].
+fn columns_from_env() -> Result<Option<u32>> {
+    match std::env::var("MHC_POST_COLUMNS").as_deref() {
+        Err(_) | Ok("") => Ok(None),
+        Ok("4") => Ok(Some(4)),
+        Ok("8") => Ok(Some(8)),
+        Ok(v) => Err(Error::param("MHC_POST_COLUMNS", format!("expected 4 or 8, got {v:?}"))),
     }
 }
 

@@ -55,8 +55,13 @@ fn kernels() -> Vec<Kernel> {
         let pre = mhc_wgsl::pre_forward(n, d, false, gamma, target, tile, Projection::Split(split));
         add(&shape, Family::PreForward, &["fold_gamma", "project", "main"], pre);
         add(&shape, Family::PreBackward, &["rows", "cols", "finish"], mhc_wgsl::pre_backward(n, d, true, target));
-        add(&shape, Family::Post, &["forward"], mhc_wgsl::post(n, d, false, target));
-        add(&shape, Family::Post, &["backward"], mhc_wgsl::post(n, d, true, target));
+        add(
+            &shape,
+            Family::Post,
+            &["forward"],
+            mhc_wgsl::post_forward(n, d, mhc_wgsl::post_forward_columns(d, t), target),
+        );
+        add(&shape, Family::Post, &["backward"], mhc_wgsl::post_backward(n, d, target));
         if let Some(c) = CoopTile::for_shape(n, d, t) {
             let shape = format!("{shape} coop");
             add(&shape, Family::PreForwardCoop, &["project"], mhc_wgsl::pre_forward_coop(n, d, c));

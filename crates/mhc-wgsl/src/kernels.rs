@@ -327,16 +327,44 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
         .flag("PAIR", pair)
 }
 
-/// mhc_post forward, or its backward. The backward reduces N + NN sums a token over its
-/// workgroup: one token to a workgroup of 64 invocations gives each a few column blocks to
-/// amortise that reduction over and keeps its registers few. On an H200 this took the backward
-/// from 2.6x its memory floor (256 invocations, 3 tokens) to 1.1-1.5x (docs/PERFORMANCE.md).
-/// The forward, one word of 8 columns an invocation, timed 5-10% faster there with 128
-/// invocations a workgroup than with 256 or 512.
-pub fn post(n: u32, d: u32, backward: bool, target: Target) -> Spec {
+/// Below this many elements of x (tokens x D), mhc_post forward's vector path takes 4 columns
+/// an invocation instead of 8. On an H200 (docs/PERFORMANCE.md) 4 columns took 4096 x 2560
+/// from 52.6-52.9 to 51.4-51.8 us and 8192 x 2560 from 96.2 to 95.2, and cost 3 and 5 us at
+/// 16384 x 4096 and 8192 x 7168 (287 -> 290, 252 -> 257). Why was not measured; a likely
+/// part is the pass's end, where smaller invocations leave fewer bytes in flight to drain.
+pub const POST_NARROW_ELEMENTS: u64 = 1 << 25;
+
+/// The columns an invocation of mhc_post forward's vector path takes by default: 4 up to
+/// [`POST_NARROW_ELEMENTS`] elements of x, 8 above.
+///
+/// ```
+/// assert_eq!(mhc_wgsl::post_forward_columns(2560, 8192), 4);
+/// assert_eq!(mhc_wgsl::post_forward_columns(4096, 16384), 8);
+/// ```
+pub fn post_forward_columns(d: u32, tokens: usize) -> u32 {
+    if tokens as u64 * u64::from(d) <= POST_NARROW_ELEMENTS { 4 } else { 8 }
+}
+
+/// mhc_post forward: one word of `columns` (4 or 8) columns of a token an invocation, all N
+/// output rows, where D is a multiple of 8; one column otherwise. 128 invocations a workgroup
+/// timed 5-10% faster on an H200 than 256 or 512.
+pub fn post_forward(n: u32, d: u32, columns: u32, target: Target) -> Spec {
+    let vector = d.is_multiple_of(8);
+    post_base(n, d, 128, target).flag("NARROW", vector && columns == 4).with("CPI", if vector { columns } else { 1 })
+}
+
+/// mhc_post backward. It reduces N + NN sums a token over its workgroup: one token to a
+/// workgroup of 64 invocations gives each a few column blocks to amortise that reduction over
+/// and keeps its registers few. On an H200 this took it from 2.6x its memory floor (256
+/// invocations, 3 tokens) to 1.1-1.5x (docs/PERFORMANCE.md).
+pub fn post_backward(n: u32, d: u32, target: Target) -> Spec {
+    post_base(n, d, 64, target).flag("NARROW", false).with("CPI", if d.is_multiple_of(8) { 8 } else { 1 })
+}
+
+fn post_base(n: u32, d: u32, wg: u32, target: Target) -> Spec {
     // SC4: on an H200 the mixes as 4 + 16 scalar loads an invocation took 3-5% longer than
     // as 1 + 4 vec4 loads (4096 x 2560: forward 60.2 -> 57.2 us, backward 92.2 -> 91.1).
-    with_reduction(base(n, d, if backward { 64 } else { 128 }, target), n + n * n).flag("SC4", n == 4)
+    with_reduction(base(n, d, wg, target), n + n * n).flag("SC4", n == 4)
 }
 
 /// Sinkhorn forward and backward, one token an invocation.

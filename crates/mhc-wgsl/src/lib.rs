@@ -12,8 +12,8 @@ mod preprocess;
 mod spec;
 
 pub use kernels::{
-    CoopTile, Projection, SplitTile, Target, Tile, bench, gamma_in_project, optim, post, pre_backward, pre_forward,
-    pre_forward_coop, sinkhorn,
+    CoopTile, POST_NARROW_ELEMENTS, Projection, SplitTile, Target, Tile, bench, gamma_in_project, optim, post_backward,
+    post_forward, post_forward_columns, pre_backward, pre_forward, pre_forward_coop, sinkhorn,
 };
 pub use preprocess::preprocess;
 pub use spec::Spec;

@@ -37,7 +37,11 @@ fn specs(family: Family) -> Vec<Spec> {
                         })
                         .collect(),
                     Family::PreBackward => [false, true].map(|g| mhc_wgsl::pre_backward(n, d, g, t)).to_vec(),
-                    Family::Post => vec![mhc_wgsl::post(n, d, false, t), mhc_wgsl::post(n, d, true, t)],
+                    Family::Post => vec![
+                        mhc_wgsl::post_forward(n, d, 4, t),
+                        mhc_wgsl::post_forward(n, d, 8, t),
+                        mhc_wgsl::post_backward(n, d, t),
+                    ],
                     Family::Sinkhorn => vec![mhc_wgsl::sinkhorn(n)],
                     Family::Bench => vec![mhc_wgsl::bench()],
                     Family::Optim => vec![mhc_wgsl::optim()],

@@ -1,6 +1,6 @@
 use mhc_core::shape::{expect_per_token, post_backward_dims};
 use mhc_core::{DType, Dims, PostForwardInputs, Result, TensorMeta};
-use mhc_wgsl::Family;
+use mhc_wgsl::{Family, Spec};
 
 use super::to_u32;
 use crate::{Context, GpuTensor};
@@ -32,9 +32,12 @@ pub fn post_forward_into(ctx: &Context, inp: &PostForwardInputs<'_, GpuTensor>, 
         (4, inp.comb_res_mix, "comb_res_mix"),
         (5, out, "out"),
     ];
-    // Invocations per token: one per 8 columns on the vector path, one per column otherwise.
-    let per_token = if dims.d % 8 == 0 { dims.d / 8 } else { dims.d };
-    run(ctx, &dims, "forward", &rows, |tokens, wg| (tokens * per_token).div_ceil(wg))
+    let (n, d) = (to_u32(dims.n, "n")?, to_u32(dims.d, "D")?);
+    let columns = ctx.post_forward_columns().unwrap_or_else(|| mhc_wgsl::post_forward_columns(d, dims.t));
+    let spec = mhc_wgsl::post_forward(n, d, columns, ctx.target());
+    // Invocations per token: one per word of CPI columns.
+    let per_token = dims.d / spec.get("CPI").expect("post spec sets CPI") as usize;
+    run(ctx, &dims, "forward", &spec, &rows, |tokens, wg| (tokens * per_token).div_ceil(wg))
 }
 
 /// Gradients of mhc_post: dx `[..., D]`, dresidual `[..., n, D]` (bf16), dpost_layer_mix
@@ -101,8 +104,9 @@ pub fn post_backward_into(
         (9, &out.dpost_layer_mix, "dpost_layer_mix"),
         (10, &out.dcomb_res_mix, "dcomb_res_mix"),
     ];
+    let spec = mhc_wgsl::post_backward(to_u32(n, "n")?, to_u32(d, "D")?, ctx.target());
     // One workgroup a token.
-    run(ctx, &dims, "backward", &rows, |tokens, _| tokens)
+    run(ctx, &dims, "backward", &spec, &rows, |tokens, _| tokens)
 }
 
 /// Dispatches `entry` over token chunks; `groups(tokens, WG)` sizes each chunk's grid.
@@ -110,12 +114,12 @@ fn run(
     ctx: &Context,
     dims: &Dims,
     entry: &'static str,
+    spec: &Spec,
     rows: &[(u32, &GpuTensor, &str)],
     groups: impl Fn(usize, usize) -> usize,
 ) -> Result<()> {
-    let spec = mhc_wgsl::post(to_u32(dims.n, "n")?, to_u32(dims.d, "D")?, entry == "backward", ctx.target());
     let wg = spec.get("WG").expect("post spec sets WG") as usize;
-    let pipeline = ctx.pipeline(Family::Post, entry, &spec)?;
+    let pipeline = ctx.pipeline(Family::Post, entry, spec)?;
     let chunks = ctx.chunks_for(dims.t, rows)?;
     let params =
         |_: usize, r: &std::ops::Range<usize>| Ok(ctx.uniform(&Params { t: to_u32(r.len(), "tokens")?, _pad: [0; 3] }));
