@@ -108,10 +108,14 @@ fn pre_backward_without_subgroups() {
     run_pre_backward(ctx_portable(), 9, 4, 40, true);
 }
 
-/// 530,000 tokens at 8 a `rows` workgroup need 66,250 workgroups.
+/// 530,000 tokens at 8 a `rows` workgroup need 66,250 workgroups. K = 10, not smaller: dgamma
+/// is K sums over all tokens of random-signed terms, and with K = 2 its norm now and then fell
+/// far below its terms' (1.9 against 9.5e4), where the rounding of the f32 per-token scalars
+/// alone exceeds SPEC.md's norm-relative 1e-5 (MHC_SEED=1210243473153 and 6595826394476 at
+/// K = 2: 1.8e-5 and 1.1e-5). At K = 10 the largest of 300 random inputs was 5.4e-7.
 #[test]
 fn pre_backward_beyond_one_dispatch_dimension() {
-    run_pre_backward(ctx(), 530_000, 1, 2, true);
+    run_pre_backward(ctx(), 530_000, 1, 10, true);
 }
 
 #[test]
