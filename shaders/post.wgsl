@@ -84,35 +84,36 @@ fn store_token_sums(lid: u32, tok: u32) {
 // Words of x, residual and out per row: CPI columns a word.
 const W: u32 = D / CPI;
 
+// A word's even (lo) or odd (hi) columns as f32: `Floats`.
 #if NARROW
 // The forward's words of 4 columns (its backward is not built with these).
 alias Word = vec2<u32>;
-alias Half = vec2<f32>;
+alias Floats = vec2<f32>;
 
-fn lo_w(q: Word) -> Half {
-    return bitcast<Half>(q << Word(16u));
+fn lo_w(q: Word) -> Floats {
+    return bitcast<Floats>(q << Word(16u));
 }
 
-fn hi_w(q: Word) -> Half {
-    return bitcast<Half>(q & Word(0xffff0000u));
+fn hi_w(q: Word) -> Floats {
+    return bitcast<Floats>(q & Word(0xffff0000u));
 }
 
-fn pack_w(lo: Half, hi: Half) -> Word {
+fn pack_w(lo: Floats, hi: Floats) -> Word {
     return Word(pack2(lo.x, hi.x), pack2(lo.y, hi.y));
 }
 #else
 alias Word = vec4<u32>;
-alias Half = vec4<f32>;
+alias Floats = vec4<f32>;
 
-fn lo_w(q: Word) -> Half {
+fn lo_w(q: Word) -> Floats {
     return lo4(q);
 }
 
-fn hi_w(q: Word) -> Half {
+fn hi_w(q: Word) -> Floats {
     return hi4(q);
 }
 
-fn pack_w(lo: Half, hi: Half) -> Word {
+fn pack_w(lo: Floats, hi: Floats) -> Word {
     return pack4(lo, hi);
 }
 #endif
@@ -126,8 +127,8 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let tok = e / W;
     let w = e % W;
     let xq = x[tok * W + w];
-    var rlo: array<Half, N>;
-    var rhi: array<Half, N>;
+    var rlo: array<Floats, N>;
+    var rhi: array<Floats, N>;
 #unroll j N
     {
         let q = residual[(tok * N + {j}) * W + w];

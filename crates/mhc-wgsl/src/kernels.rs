@@ -345,12 +345,20 @@ pub fn post_forward_columns(d: u32, tokens: usize) -> u32 {
     if tokens as u64 * u64::from(d) <= POST_NARROW_ELEMENTS { 4 } else { 8 }
 }
 
-/// mhc_post forward: one word of `columns` (4 or 8) columns of a token an invocation, all N
-/// output rows, where D is a multiple of 8; one column otherwise. 128 invocations a workgroup
-/// timed 5-10% faster on an H200 than 256 or 512.
+/// mhc_post forward: one word of columns of a token an invocation, all N output rows, where D
+/// is a multiple of 8 (4 columns if `columns` is 4, else 8); one column otherwise. 128
+/// invocations a workgroup timed 5-10% faster on an H200 than 256 or 512.
 pub fn post_forward(n: u32, d: u32, columns: u32, target: Target) -> Spec {
     let vector = d.is_multiple_of(8);
-    post_base(n, d, 128, target).flag("NARROW", vector && columns == 4).with("CPI", if vector { columns } else { 1 })
+    let narrow = vector && columns == 4;
+    let cpi = if narrow {
+        4
+    } else if vector {
+        8
+    } else {
+        1
+    };
+    post_base(n, d, 128, target).flag("NARROW", narrow).with("CPI", cpi)
 }
 
 /// mhc_post backward. It reduces N + NN sums a token over its workgroup: one token to a
