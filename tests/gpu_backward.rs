@@ -7,8 +7,10 @@ use common::*;
 use mhc::core::accuracy::Tolerance;
 use mhc::core::golden::{PreSaved, post_backward_f64, pre_backward_f64, sinkhorn_backward_f64, sinkhorn_forward_f64};
 use mhc::core::random::{PostInputs, PreBackwardData, TensorRng, seed_from_env};
-use mhc::core::{Dims, HostTensor, PostForwardInputs, PreBackwardInputs, PreForwardInputs, PreParams, SinkhornParams};
-use mhc::runtime::{Context, GpuTensor, ops};
+use mhc::core::{
+    Dims, Error, HostTensor, PostForwardInputs, PreBackwardInputs, PreForwardInputs, PreParams, SinkhornParams,
+};
+use mhc::runtime::{Context, ContextOptions, GpuTensor, ops};
 
 struct PreBackwardGpu {
     t: Vec<GpuTensor>,
@@ -106,6 +108,22 @@ fn pre_backward_long_token_segments() {
 #[test]
 fn pre_backward_without_subgroups() {
     run_pre_backward(ctx_portable(), 9, 4, 40, true);
+}
+
+/// `block_reduce` with clusters of 2 and 4 lanes in lavapipe's subgroups of 8 (fewer than
+/// a subgroup holds, as on adapters with a range of subgroup sizes), and values past 32 (n = 8).
+#[test]
+fn backward_reductions_in_clusters_smaller_than_subgroups() {
+    for lanes in [2, 4] {
+        run_pre_backward(ctx_reduce_lanes(lanes), 9, 4, 40, true);
+        run_pre_backward(ctx_reduce_lanes(lanes), 5, 8, 3, false);
+        run_post_backward(ctx_reduce_lanes(lanes), 5, 4, 64, false);
+        run_post_backward(ctx_reduce_lanes(lanes), 3, 3, 5, true);
+    }
+    let err = Context::with_options(ContextOptions { max_reduce_lanes: Some(3), ..Default::default() })
+        .err()
+        .expect("3 lanes refused");
+    assert!(matches!(&err, Error::Param { name, .. } if name == "max_reduce_lanes"), "{err}");
 }
 
 /// 530,000 tokens at 8 a `rows` workgroup need 66,250 workgroups. K = 10, not smaller: dgamma

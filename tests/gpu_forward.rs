@@ -31,6 +31,16 @@ fn pre_forward_without_subgroups() {
     run_pre_forward(ctx_portable(), 4, 3, 5, false, None);
 }
 
+/// mhc_pre forward's workgroup sums (D not a multiple of 8) with `block_reduce`'s clusters of
+/// 2 and 4 lanes in lavapipe's subgroups of 8.
+#[test]
+fn pre_forward_reductions_in_clusters_smaller_than_subgroups() {
+    for lanes in [2, 4] {
+        run_pre_forward(ctx_reduce_lanes(lanes), 4, 3, 5, false, None);
+        run_pre_forward(ctx_reduce_lanes(lanes), 3, 4, 127, true, None);
+    }
+}
+
 /// Layouts of the f32 projection over splits of K: several chunks of phi a split (the
 /// double-buffered loop), a last chunk past K, splits with no columns (zero partials), several
 /// token blocks, token chunks and 2D grids.

@@ -36,6 +36,16 @@ pub fn ctx_small_limits() -> &'static Context {
     })
 }
 
+/// The default adapter with `block_reduce`'s clusters of `lanes` lanes, fewer than its
+/// subgroups hold (lavapipe's 8): the layout of adapters with a range of subgroup sizes.
+pub fn ctx_reduce_lanes(lanes: u32) -> &'static Context {
+    static CTX: [OnceLock<Context>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    CTX[lanes.trailing_zeros() as usize].get_or_init(|| {
+        Context::with_options(ContextOptions { max_reduce_lanes: Some(lanes), ..Default::default() })
+            .expect("a wgpu adapter")
+    })
+}
+
 /// The default adapter with mhc_post forward's vector path taking `columns` (4 or 8) columns
 /// an invocation, whatever the shape would choose.
 pub fn ctx_post_columns(columns: u32) -> &'static Context {

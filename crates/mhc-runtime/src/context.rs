@@ -20,6 +20,11 @@ pub struct ContextOptions {
     /// Caps the workgroups of one grid dimension below the device's own limit (65535), so the
     /// 2D grids of wide dispatches can be tested on small inputs.
     pub max_workgroups_per_dimension: Option<u32>,
+    /// Caps the lanes that reduce values together in one subgroup (a power of two; by default
+    /// the adapter's smallest subgroup size, at most 32). Below the size the adapter runs,
+    /// several such clusters share a subgroup: the layout of adapters with a range of subgroup
+    /// sizes (Intel 8-32, AMD 32-64), which this lets an adapter of one size test.
+    pub max_reduce_lanes: Option<u32>,
     /// The token layout of mhc_pre forward's vector path, for tuning on a new GPU; by default
     /// chosen from the token count. `Context::new` reads `MHC_PRE_TILE=tb,tpl[,slices]`.
     pub pre_forward_tile: Option<Tile>,
@@ -68,6 +73,7 @@ impl Default for ContextOptions {
             use_subgroups: true,
             max_binding_size: None,
             max_workgroups_per_dimension: None,
+            max_reduce_lanes: None,
             pre_forward_tile: None,
             pre_forward_split: None,
             post_forward_columns: None,
@@ -110,6 +116,7 @@ pub struct Context {
     pre_tile: Option<Tile>,
     pre_split: Option<PreSplit>,
     post_columns: Option<u32>,
+    reduce_lanes: Option<u32>,
     pub(crate) shader_checks: bool,
     pub(crate) pipelines: PipelineCache,
     pub(crate) scratch: crate::scratch::ScratchPool,
@@ -264,6 +271,9 @@ impl Context {
             f16: f.contains(wgpu::Features::SHADER_F16),
             cooperative_matrix: opts.cooperative_matrix,
         };
+        if let Some(l) = opts.max_reduce_lanes.filter(|l| !l.is_power_of_two()) {
+            return Err(Error::param("max_reduce_lanes", format!("expected a power of two, got {l}")));
+        }
         if let Some(c) = opts.post_forward_columns.filter(|c| ![4, 8].contains(c)) {
             return Err(Error::param("post_forward_columns", format!("expected 4 or 8, got {c}")));
         }
@@ -290,6 +300,7 @@ impl Context {
             pre_tile: opts.pre_forward_tile,
             pre_split: opts.pre_forward_split,
             post_columns: opts.post_forward_columns,
+            reduce_lanes: opts.max_reduce_lanes,
             shader_checks: opts.shader_checks,
             pipelines: PipelineCache::default(),
             scratch: Default::default(),
@@ -340,7 +351,8 @@ impl Context {
     }
 
     pub(crate) fn target(&self) -> Target {
-        Target { subgroup: self.caps.subgroups, sg_min: self.caps.subgroup_min_size }
+        let sg_min = self.caps.subgroup_min_size.min(self.reduce_lanes.unwrap_or(u32::MAX));
+        Target { subgroup: self.caps.subgroups, sg_min }
     }
 
     /// An error if the device was lost (driver reset, GPU removed).

@@ -8,7 +8,8 @@ use crate::Spec;
 pub struct Target {
     /// Subgroup operations are available (reductions use them instead of shared memory).
     pub subgroup: bool,
-    /// The adapter's smallest subgroup size (sizes the shared memory of reductions).
+    /// The adapter's smallest subgroup size, or less: the most lanes one cluster of
+    /// `block_reduce` may span (a power of two).
     pub sg_min: u32,
 }
 
