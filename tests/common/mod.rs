@@ -15,45 +15,47 @@ pub fn ctx() -> &'static Context {
     CTX.get_or_init(|| Context::new().expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)"))
 }
 
+/// The default adapter made once with `opts` and kept in `cell` for the test binary.
+fn cached(cell: &'static OnceLock<Context>, opts: ContextOptions) -> &'static Context {
+    cell.get_or_init(|| Context::with_options(opts).expect("a wgpu adapter"))
+}
+
 /// The same adapter with subgroups off: the shared-memory reduction path.
 pub fn ctx_portable() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
-    CTX.get_or_init(|| {
-        Context::with_options(ContextOptions { use_subgroups: false, ..Default::default() }).expect("a wgpu adapter")
-    })
+    cached(&CTX, ContextOptions { use_subgroups: false, ..Default::default() })
 }
 
 /// Tiny binding and grid limits, so moderate inputs take the token-chunk and 2D-grid paths.
 pub fn ctx_small_limits() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
-    CTX.get_or_init(|| {
-        Context::with_options(ContextOptions {
-            max_binding_size: Some(64 << 10),
-            max_workgroups_per_dimension: Some(7),
-            ..Default::default()
-        })
-        .expect("a wgpu adapter")
-    })
+    let opts = ContextOptions {
+        max_binding_size: Some(64 << 10),
+        max_workgroups_per_dimension: Some(7),
+        ..Default::default()
+    };
+    cached(&CTX, opts)
 }
 
-/// The default adapter with `block_reduce`'s clusters of `lanes` lanes, fewer than its
-/// subgroups hold (lavapipe's 8): the layout of adapters with a range of subgroup sizes.
+/// The default adapter with `block_reduce`'s clusters of `lanes` (1, 2 or 4) lanes, fewer
+/// than its subgroups hold (lavapipe's 8): the layout of adapters with a range of subgroup
+/// sizes.
 pub fn ctx_reduce_lanes(lanes: u32) -> &'static Context {
     static CTX: [OnceLock<Context>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    CTX[lanes.trailing_zeros() as usize].get_or_init(|| {
-        Context::with_options(ContextOptions { max_reduce_lanes: Some(lanes), ..Default::default() })
-            .expect("a wgpu adapter")
-    })
+    cached(
+        &CTX[lanes.trailing_zeros() as usize],
+        ContextOptions { max_reduce_lanes: Some(lanes), ..Default::default() },
+    )
 }
 
 /// The default adapter with mhc_post forward's vector path taking `columns` (4 or 8) columns
 /// an invocation, whatever the shape would choose.
 pub fn ctx_post_columns(columns: u32) -> &'static Context {
     static CTX: [OnceLock<Context>; 2] = [OnceLock::new(), OnceLock::new()];
-    CTX[usize::from(columns == 8)].get_or_init(|| {
-        Context::with_options(ContextOptions { post_forward_columns: Some(columns), ..Default::default() })
-            .expect("a wgpu adapter")
-    })
+    cached(
+        &CTX[usize::from(columns == 8)],
+        ContextOptions { post_forward_columns: Some(columns), ..Default::default() },
+    )
 }
 
 pub fn up(ctx: &Context, name: &str, t: &HostTensor) -> GpuTensor {
