@@ -274,8 +274,8 @@ impl Context {
         if let Some(l) = opts.max_reduce_lanes.filter(|l| !l.is_power_of_two()) {
             return Err(Error::param("max_reduce_lanes", format!("expected a power of two, got {l}")));
         }
-        if let Some(c) = opts.post_forward_columns.filter(|c| ![4, 8].contains(c)) {
-            return Err(Error::param("post_forward_columns", format!("expected 4 or 8, got {c}")));
+        if let Some(c) = opts.post_forward_columns {
+            post_columns("post_forward_columns", c)?;
         }
         let lost = Arc::new(Mutex::new(None));
         let sink = lost.clone();
@@ -421,13 +421,20 @@ fn split_from_env() -> Result<Option<PreSplit>> {
     }
 }
 
+/// The columns an invocation of mhc_post forward may take, or an error naming `name`.
+fn post_columns(name: &'static str, c: u32) -> Result<u32> {
+    if [4, 8].contains(&c) { Ok(c) } else { Err(Error::param(name, format!("expected 4 or 8, got {c}"))) }
+}
+
 /// `MHC_POST_COLUMNS=4` or `8`: see [`ContextOptions::post_forward_columns`].
 fn columns_from_env() -> Result<Option<u32>> {
-    match std::env::var("MHC_POST_COLUMNS").as_deref() {
+    const VAR: &str = "MHC_POST_COLUMNS";
+    match std::env::var(VAR).as_deref() {
         Err(_) | Ok("") => Ok(None),
-        Ok("4") => Ok(Some(4)),
-        Ok("8") => Ok(Some(8)),
-        Ok(v) => Err(Error::param("MHC_POST_COLUMNS", format!("expected 4 or 8, got {v:?}"))),
+        Ok(v) => {
+            let c = v.parse().map_err(|_| Error::param(VAR, format!("expected 4 or 8, got {v:?}")))?;
+            post_columns(VAR, c).map(Some)
+        }
     }
 }
 
