@@ -126,6 +126,15 @@ fn backward_reductions_in_clusters_smaller_than_subgroups() {
     assert!(matches!(&err, Error::Param { name, .. } if name == "max_reduce_lanes"), "{err}");
 }
 
+/// Kernels held to 16 KB of workgroup memory, WebGPU's minimum.
+#[test]
+fn backward_in_little_workgroup_memory() {
+    run_pre_backward(ctx_small_workgroup_memory(), 70, 4, 256, true);
+    run_pre_backward(ctx_small_workgroup_memory(), 9, 8, 127, false);
+    run_post_backward(ctx_small_workgroup_memory(), 5, 4, 64, false);
+    run_post_backward(ctx_small_workgroup_memory(), 3, 8, 5, true);
+}
+
 /// 530,000 tokens at 8 a `rows` workgroup need 66,250 workgroups. K = 10, not smaller: dgamma
 /// is K sums over all tokens of random-signed terms, and with K = 2 its norm now and then fell
 /// far below its terms' (1.9 against 9.5e4), where the rounding of the f32 per-token scalars

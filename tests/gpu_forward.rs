@@ -32,13 +32,43 @@ fn pre_forward_without_subgroups() {
 }
 
 /// mhc_pre forward's workgroup sums (D not a multiple of 8) with `block_reduce`'s clusters of
-/// 2 and 4 lanes in lavapipe's subgroups of 8.
+/// 2 and 4 lanes in lavapipe's subgroups of 8. Where the clusters' partials would pass the
+/// device's workgroup memory (2 lanes at n = 3 and 4: about 50 KB), the kernel takes the
+/// shared-memory tree instead; on an H200 such a kernel hung before it did. n = 1 and 4 lanes
+/// keep the clusters.
 #[test]
 fn pre_forward_reductions_in_clusters_smaller_than_subgroups() {
     for lanes in [2, 4] {
         run_pre_forward(ctx_reduce_lanes(lanes), 4, 3, 5, false, None);
         run_pre_forward(ctx_reduce_lanes(lanes), 3, 4, 127, true, None);
+        run_pre_forward(ctx_reduce_lanes(lanes), 5, 1, 7, true, None);
     }
+}
+
+/// Kernels held to 16 KB of workgroup memory (WebGPU's minimum: `project` stages phi in
+/// smaller chunks), and below what any layout of mhc_pre forward needs: an error naming the
+/// kernel instead of a run past the limit.
+#[test]
+fn forward_in_little_workgroup_memory() {
+    run_pre_forward(ctx_small_workgroup_memory(), 300, 4, 256, true, None);
+    run_pre_forward(ctx_small_workgroup_memory(), 33, 8, 127, false, Some(SinkhornParams::default()));
+    run_post_forward(ctx_small_workgroup_memory(), 7, 4, 256);
+    run_post_forward(ctx_small_workgroup_memory(), 5, 8, 3);
+
+    let tiny =
+        Context::with_options(ContextOptions { max_workgroup_storage: Some(256), ..Default::default() }).unwrap();
+    let dims = Dims::new(3, 4, 127).unwrap();
+    let host = PreInputs::random(&mut TensorRng::new(seed_from_env()), &dims, false);
+    let (x, phi, alpha, bias) = (
+        up(&tiny, "x", &host.x),
+        up(&tiny, "phi", &host.phi),
+        up(&tiny, "alpha", &host.alpha),
+        up(&tiny, "bias", &host.bias),
+    );
+    let inputs = PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: None };
+    let err = ops::pre_forward(&tiny, &inputs, &PreParams::default(), None).expect_err("256 bytes refused");
+    assert!(matches!(&err, Error::TooLarge { what, .. } if what.contains("pre_forward::main")), "{err}");
+    assert!(err.to_string().contains("the device has 256"), "{err}");
 }
 
 /// Layouts of the f32 projection over splits of K: several chunks of phi a split (the

@@ -48,6 +48,13 @@ pub fn ctx_reduce_lanes(lanes: u32) -> &'static Context {
     )
 }
 
+/// The default adapter with kernels held to 16 KB of workgroup memory, WebGPU's minimum: the
+/// layouts of adapters with little of it.
+pub fn ctx_small_workgroup_memory() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    cached(&CTX, ContextOptions { max_workgroup_storage: Some(16 << 10), ..Default::default() })
+}
+
 /// The default adapter with mhc_post forward's vector path taking `columns` (4 or 8) columns
 /// an invocation, whatever the shape would choose.
 pub fn ctx_post_columns(columns: u32) -> &'static Context {

@@ -20,6 +20,9 @@ pub struct ContextOptions {
     /// Caps the workgroups of one grid dimension below the device's own limit (65535), so the
     /// 2D grids of wide dispatches can be tested on small inputs.
     pub max_workgroups_per_dimension: Option<u32>,
+    /// Caps the bytes of workgroup memory a kernel may use below the device's own limit, so
+    /// the layouts for adapters with little of it (16 KB is WebGPU's minimum) can be tested.
+    pub max_workgroup_storage: Option<u32>,
     /// Caps the lanes that reduce values together in one subgroup (a power of two; by default
     /// the adapter's smallest subgroup size, at most 32). Below the size the adapter runs,
     /// several such clusters share a subgroup: the layout of adapters with a range of subgroup
@@ -73,6 +76,7 @@ impl Default for ContextOptions {
             use_subgroups: true,
             max_binding_size: None,
             max_workgroups_per_dimension: None,
+            max_workgroup_storage: None,
             max_reduce_lanes: None,
             pre_forward_tile: None,
             pre_forward_split: None,
@@ -113,6 +117,7 @@ pub struct Context {
     caps: Capabilities,
     max_binding: u64,
     max_groups: u32,
+    max_storage: u32,
     pre_tile: Option<Tile>,
     pre_split: Option<PreSplit>,
     post_columns: Option<u32>,
@@ -290,6 +295,7 @@ impl Context {
             .max_compute_workgroups_per_dimension
             .min(opts.max_workgroups_per_dimension.unwrap_or(u32::MAX))
             .max(1);
+        let max_storage = limits.max_compute_workgroup_storage_size.min(opts.max_workgroup_storage.unwrap_or(u32::MAX));
         Ok(Self {
             device,
             queue,
@@ -297,6 +303,7 @@ impl Context {
             caps,
             max_binding,
             max_groups,
+            max_storage,
             pre_tile: opts.pre_forward_tile,
             pre_split: opts.pre_forward_split,
             post_columns: opts.post_forward_columns,
@@ -336,6 +343,11 @@ impl Context {
 
     pub(crate) fn max_workgroups_per_dimension(&self) -> u32 {
         self.max_groups
+    }
+
+    /// The most bytes of workgroup memory a kernel may use.
+    pub(crate) fn max_workgroup_storage(&self) -> u32 {
+        self.max_storage
     }
 
     pub(crate) fn pre_forward_tile(&self) -> Option<Tile> {

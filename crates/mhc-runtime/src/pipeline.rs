@@ -27,6 +27,7 @@ impl crate::Context {
         if let Some(p) = self.pipelines.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(Kernel { pipeline: p.clone(), entry });
         }
+        let spec = &self.fit_workgroup_memory(family, entry, spec)?;
         let module = self.module(family, spec)?;
         let pipeline = self.scoped(&format!("compiling {}::{entry}", family.name()), || {
             Ok(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -40,6 +41,30 @@ impl crate::Context {
         })?;
         self.pipelines.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(key, pipeline.clone());
         Ok(Kernel { pipeline, entry })
+    }
+
+    /// `spec`, or the kernel with its workgroup sums through the shared-memory tree instead of
+    /// subgroup clusters where only that fits the device's workgroup memory (the clusters'
+    /// partials take NV floats a cluster: at 2-lane clusters, 51 KB for mhc_pre forward at n =
+    /// 4, D = 127). A kernel past the limit is undefined behaviour that wgpu 30 does not
+    /// catch (on an H200 one hung), so where neither fits this is an error naming the kernel.
+    fn fit_workgroup_memory(&self, family: Family, entry: &'static str, spec: &Spec) -> Result<Spec> {
+        let limit = self.max_workgroup_storage();
+        let bytes = |s: &Spec| family.workgroup_bytes(s, entry).map_err(|e| Error::gpu("shader specialisation", e));
+        let need = bytes(spec)?;
+        if need <= limit {
+            return Ok(spec.clone());
+        }
+        if spec.flag_value("SUBGROUP") == Some(true) {
+            let tree = spec.clone().flag("SUBGROUP", false);
+            if bytes(&tree)? <= limit {
+                return Ok(tree);
+            }
+        }
+        Err(Error::TooLarge {
+            what: format!("kernel {}::{entry}", family.name()),
+            detail: format!("it needs {need} bytes of workgroup memory, the device has {limit}"),
+        })
     }
 
     fn module(&self, family: Family, spec: &Spec) -> Result<wgpu::ShaderModule> {
@@ -64,5 +89,35 @@ impl crate::Context {
         })?;
         self.pipelines.modules.lock().unwrap_or_else(|p| p.into_inner()).insert(key, module.clone());
         Ok(module)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mhc_wgsl::{Family, Projection, Spec, Target, Tile};
+
+    use crate::{Context, ContextOptions};
+
+    /// mhc_pre forward's `main` for D not a multiple of 8: its sums go through `block_reduce`.
+    fn reducing_main(n: u32, lanes: u32) -> Spec {
+        let target = Target { subgroup: true, sg_min: lanes };
+        mhc_wgsl::pre_forward(n, 127, false, false, target, Tile::for_tokens(n, 127, 64), Projection::InMain)
+    }
+
+    #[test]
+    fn kernels_past_the_workgroup_memory_take_the_tree_or_are_refused() {
+        let ctx = Context::with_options(ContextOptions { max_workgroup_storage: Some(32 << 10), ..Default::default() })
+            .expect("a wgpu adapter");
+        let fit = |spec: &Spec| ctx.fit_workgroup_memory(Family::PreForward, "main", spec);
+        // Clusters of 2 lanes: 16 KB of partials at n = 1, 51 KB at n = 4.
+        let small = reducing_main(1, 2);
+        assert_eq!(fit(&small).unwrap(), small);
+        let big = reducing_main(4, 2);
+        assert_eq!(fit(&big).unwrap(), big.clone().flag("SUBGROUP", false));
+
+        let tiny = Context::with_options(ContextOptions { max_workgroup_storage: Some(1024), ..Default::default() })
+            .expect("a wgpu adapter");
+        let err = tiny.fit_workgroup_memory(Family::PreForward, "main", &big).unwrap_err().to_string();
+        assert!(err.contains("kernel pre_forward::main") && err.contains("the device has 1024"), "{err}");
     }
 }

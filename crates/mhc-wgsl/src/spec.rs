@@ -14,15 +14,16 @@ impl Spec {
         Self::default()
     }
 
-    /// Adds `const NAME: u32 = value;`.
+    /// Sets `const NAME: u32 = value;` (in place, where `name` is already set).
     pub fn with(mut self, name: &'static str, value: u32) -> Self {
-        self.consts.push((name, value));
+        set(&mut self.consts, name, value);
         self
     }
 
-    /// Adds a flag for `#if NAME`, also declared as `const NAME: bool`.
+    /// Sets a flag for `#if NAME`, also declared as `const NAME: bool` (in place, where `name`
+    /// is already set).
     pub fn flag(mut self, name: &'static str, on: bool) -> Self {
-        self.flags.push((name, on));
+        set(&mut self.flags, name, on);
         self
     }
 
@@ -45,5 +46,12 @@ impl Spec {
             writeln!(s, "const {name}: bool = {v};").expect("writing to a String");
         }
         s
+    }
+}
+
+fn set<T>(entries: &mut Vec<(&'static str, T)>, name: &'static str, value: T) {
+    match entries.iter_mut().find(|(n, _)| *n == name) {
+        Some(e) => e.1 = value,
+        None => entries.push((name, value)),
     }
 }

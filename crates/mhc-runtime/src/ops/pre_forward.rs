@@ -131,7 +131,7 @@ pub fn pre_forward_into(
         (Some(_), _) => None,
         (None, Some(PreSplit::Off)) => None,
         (None, Some(PreSplit::Tile(forced))) if d.is_multiple_of(8) => Some(check_split(ctx, n, forced)?),
-        (None, _) => SplitTile::for_shape(n, d, dims.t, ctx.device.limits().max_compute_workgroup_storage_size),
+        (None, _) => SplitTile::for_shape(n, d, dims.t, ctx.max_workgroup_storage()),
     };
     let projection = match (coop, split) {
         (Some(c), _) => Projection::Coop(c.splits),
@@ -247,7 +247,7 @@ fn check_split(ctx: &Context, n: u32, s: SplitTile) -> Result<SplitTile> {
         && (1..=8).contains(&s.tokens_per_invocation)
         && s.invocations.is_power_of_two()
         && s.invocations <= limits.max_compute_invocations_per_workgroup
-        && shared <= limits.max_compute_workgroup_storage_size;
+        && shared <= ctx.max_workgroup_storage();
     if fits {
         Ok(s)
     } else {
@@ -255,7 +255,8 @@ fn check_split(ctx: &Context, n: u32, s: SplitTile) -> Result<SplitTile> {
             "pre_forward_split",
             format!(
                 "{s:?} does not fit this device (splits and chunk_words >= 1, tokens_per_invocation 1..=8, invocations a power of two <= {}, {shared} bytes of workgroup memory <= {})",
-                limits.max_compute_invocations_per_workgroup, limits.max_compute_workgroup_storage_size
+                limits.max_compute_invocations_per_workgroup,
+                ctx.max_workgroup_storage()
             ),
         ))
     }
