@@ -127,10 +127,11 @@ impl Family {
         preprocess(&src, spec).map_err(|e| format!("{}.wgsl: {e}", self.name()))
     }
 
-    /// Bytes of workgroup memory the entry point `entry` of the specialised source uses: its
-    /// workgroup variables, each at its alignment. wgpu 30 does not check this against the
-    /// device's limit, and a kernel past it is undefined behaviour (on an H200 one hung), so
-    /// the runtime checks it before it compiles a pipeline.
+    /// Bytes of workgroup memory the entry point `entry` of the specialised source uses,
+    /// counted as WebGPU's `maxComputeWorkgroupStorageSize` rule does: each workgroup variable
+    /// it uses, its size rounded up to 16. wgpu 30 does not check this against the device's
+    /// limit (gfx-rs/wgpu#8946), and a kernel past it is undefined behaviour (on an H200 one
+    /// hung), so the runtime checks it before it compiles a pipeline.
     pub fn workgroup_bytes(self, spec: &Spec, entry: &str) -> Result<u32, String> {
         let src = self.source(spec)?;
         let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
@@ -145,15 +146,12 @@ impl Family {
             .position(|e| e.name == entry)
             .ok_or_else(|| format!("{}.wgsl has no entry point {entry}", self.name()))?;
         let uses = info.get_entry_point(index);
-        let mut layouter = naga::proc::Layouter::default();
-        layouter.update(module.to_ctx()).map_err(|e| e.to_string())?;
-        let mut bytes = 0;
-        for (handle, var) in module.global_variables.iter() {
-            if var.space == naga::AddressSpace::WorkGroup && !uses[handle].is_empty() {
-                let layout = layouter[var.ty];
-                bytes = layout.alignment.round_up(bytes) + layout.size;
-            }
-        }
-        Ok(bytes)
+        let gctx = module.to_ctx();
+        Ok(module
+            .global_variables
+            .iter()
+            .filter(|(handle, var)| var.space == naga::AddressSpace::WorkGroup && !uses[*handle].is_empty())
+            .map(|(_, var)| module.types[var.ty].inner.size(gctx).next_multiple_of(16))
+            .sum())
     }
 }
