@@ -4,7 +4,9 @@
 //! holds. wgpu does not expose these, so this builds each kernel as `mhc bench` runs it (n = 4
 //! at its four default shapes, subgroups of 32), translates it to SPIR-V with naga as wgpu's
 //! Vulkan backend does with mhc's settings (no runtime checks, native workgroup-memory zeroing,
-//! SPIR-V 1.6), and compiles it through ash.
+//! SPIR-V 1.6), and compiles it through ash. Each line also gives mhc's own count of the
+//! kernel's workgroup memory (`Family::workgroup_bytes`, which the runtime holds to the
+//! device's limit), to set beside the driver's.
 //!
 //! ```sh
 //! cargo run --release -p mhc-wgsl --example kernel_stats
@@ -265,7 +267,10 @@ fn main() -> Res<()> {
     // Translated first, so that a broken kernel shows up on any machine.
     let mut translated = Vec::new();
     for k in kernels() {
-        let label = format!("{:<17} {:<16} {:<10}", k.shape, k.family.name(), k.entry);
+        // mhc's own count of the workgroup memory, beside the driver's "Shared Memory Size".
+        let shared = k.family.workgroup_bytes(&k.spec, k.entry)?;
+        let label =
+            format!("{:<17} {:<16} {:<10} workgroup bytes (naga) {shared:>5},", k.shape, k.family.name(), k.entry);
         translated.push((k.family, label, translate(&k)?));
     }
     let gpu = Gpu::new()?;
