@@ -1,6 +1,6 @@
 //! Compiled pipelines, cached by kernel family, entry point and specialisation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use mhc_core::{Error, Result};
@@ -11,6 +11,8 @@ type Key = (Family, &'static str, Spec);
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     modules: Mutex<HashMap<(Family, Spec), wgpu::ShaderModule>>,
+    // Workgroup memory of each entry point of a module, counted once a module.
+    workgroup_bytes: Mutex<HashMap<(Family, Spec), BTreeMap<String, u32>>>,
     pipelines: Mutex<HashMap<Key, wgpu::ComputePipeline>>,
 }
 
@@ -50,7 +52,7 @@ impl crate::Context {
     /// catch (on an H200 one hung), so where neither fits this is an error naming the kernel.
     fn fit_workgroup_memory(&self, family: Family, entry: &'static str, spec: &Spec) -> Result<Spec> {
         let limit = self.max_workgroup_storage();
-        let bytes = |s: &Spec| family.workgroup_bytes(s, entry).map_err(|e| Error::gpu("shader specialisation", e));
+        let bytes = |s: &Spec| self.workgroup_bytes(family, entry, s);
         let need = bytes(spec)?;
         if need <= limit {
             return Ok(spec.clone());
@@ -64,6 +66,18 @@ impl crate::Context {
         Err(Error::TooLarge {
             what: format!("kernel {}::{entry}", family.name()),
             detail: format!("it needs {need} bytes of workgroup memory, the device has {limit}"),
+        })
+    }
+
+    fn workgroup_bytes(&self, family: Family, entry: &str, spec: &Spec) -> Result<u32> {
+        let key = (family, spec.clone());
+        let mut counted = self.pipelines.workgroup_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        if !counted.contains_key(&key) {
+            let bytes = family.workgroup_bytes(spec).map_err(|e| Error::gpu("shader specialisation", e))?;
+            counted.insert(key.clone(), bytes);
+        }
+        counted[&key].get(entry).copied().ok_or_else(|| {
+            Error::gpu("shader specialisation", format!("{}.wgsl has no entry point {entry}", family.name()))
         })
     }
 
@@ -114,6 +128,7 @@ mod tests {
         assert_eq!(fit(&small).unwrap(), small);
         let big = reducing_main(4, 2);
         assert_eq!(fit(&big).unwrap(), big.clone().flag("SUBGROUP", false));
+        assert!(ctx.fit_workgroup_memory(Family::PreForward, "nope", &small).is_err());
 
         let tiny = Context::with_options(ContextOptions { max_workgroup_storage: Some(1024), ..Default::default() })
             .expect("a wgpu adapter");

@@ -268,7 +268,7 @@ fn main() -> Res<()> {
     let mut translated = Vec::new();
     for k in kernels() {
         // mhc's own count of the workgroup memory, beside the driver's "Shared Memory Size".
-        let shared = k.family.workgroup_bytes(&k.spec, k.entry)?;
+        let shared = k.family.workgroup_bytes(&k.spec)?[k.entry];
         let label =
             format!("{:<17} {:<16} {:<10} workgroup bytes (naga) {shared:>5},", k.shape, k.family.name(), k.entry);
         translated.push((k.family, label, translate(&k)?));

@@ -7,6 +7,8 @@
 
 #![warn(missing_docs)]
 
+use std::collections::BTreeMap;
+
 mod kernels;
 mod preprocess;
 mod spec;
@@ -127,12 +129,13 @@ impl Family {
         preprocess(&src, spec).map_err(|e| format!("{}.wgsl: {e}", self.name()))
     }
 
-    /// Bytes of workgroup memory the entry point `entry` of the specialised source uses,
-    /// counted as WebGPU's `maxComputeWorkgroupStorageSize` rule does: each workgroup variable
-    /// it uses, its size rounded up to 16. wgpu 30 does not check this against the device's
-    /// limit (gfx-rs/wgpu#8946), and a kernel past it is undefined behaviour (on an H200 one
-    /// hung), so the runtime checks it before it compiles a pipeline.
-    pub fn workgroup_bytes(self, spec: &Spec, entry: &str) -> Result<u32, String> {
+    /// Bytes of workgroup memory each entry point of the specialised source uses, by name,
+    /// from one parse, counted as WebGPU's `maxComputeWorkgroupStorageSize` rule does: each
+    /// workgroup variable the entry point uses, its size rounded up to 16. wgpu 30 does not
+    /// check this against the device's limit (gfx-rs/wgpu#8946), and a kernel past it is
+    /// undefined behaviour (on an H200 one hung), so the runtime checks it before it compiles a
+    /// pipeline.
+    pub fn workgroup_bytes(self, spec: &Spec) -> Result<BTreeMap<String, u32>, String> {
         let src = self.source(spec)?;
         let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
         let info = naga::valid::Validator::new(naga::valid::ValidationFlags::empty(), naga::valid::Capabilities::all())
@@ -140,18 +143,16 @@ impl Family {
             .subgroup_operations(naga::valid::SubgroupOperationSet::all())
             .validate(&module)
             .map_err(|e| e.emit_to_string(&src))?;
-        let index = module
-            .entry_points
-            .iter()
-            .position(|e| e.name == entry)
-            .ok_or_else(|| format!("{}.wgsl has no entry point {entry}", self.name()))?;
-        let uses = info.get_entry_point(index);
         let gctx = module.to_ctx();
-        Ok(module
-            .global_variables
-            .iter()
-            .filter(|(handle, var)| var.space == naga::AddressSpace::WorkGroup && !uses[*handle].is_empty())
-            .map(|(_, var)| module.types[var.ty].inner.size(gctx).next_multiple_of(16))
-            .sum())
+        let entry_bytes = |index: usize| {
+            let uses = info.get_entry_point(index);
+            module
+                .global_variables
+                .iter()
+                .filter(|(handle, var)| var.space == naga::AddressSpace::WorkGroup && !uses[*handle].is_empty())
+                .map(|(_, var)| module.types[var.ty].inner.size(gctx).next_multiple_of(16))
+                .sum()
+        };
+        Ok(module.entry_points.iter().enumerate().map(|(i, e)| (e.name.clone(), entry_bytes(i))).collect())
     }
 }

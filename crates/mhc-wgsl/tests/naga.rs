@@ -114,9 +114,9 @@ fn every_kernel_builds_for_every_backend() {
 #[test]
 fn workgroup_bytes_per_entry_point() {
     let spec = mhc_wgsl::pre_backward(4, 2560, true, Target { subgroup: true, sg_min: 32 });
-    let bytes = |entry| Family::PreBackward.workgroup_bytes(&spec, entry).unwrap();
-    assert_eq!(bytes("cols"), 8192);
-    assert_eq!(bytes("rows"), 8 * 27 * 4 + 32 * 4 * 4 + 32 * 4);
-    assert_eq!(bytes("finish"), 128 * 4);
-    assert!(Family::PreBackward.workgroup_bytes(&spec, "nope").is_err());
+    let bytes = Family::PreBackward.workgroup_bytes(&spec).unwrap();
+    assert_eq!(bytes["cols"], 8192);
+    assert_eq!(bytes["rows"], 8 * 27 * 4 + 32 * 4 * 4 + 32 * 4);
+    assert_eq!(bytes["finish"], 128 * 4);
+    assert_eq!(bytes.len(), 3);
 }
