@@ -7,9 +7,7 @@ use common::*;
 use mhc::core::accuracy::Tolerance;
 use mhc::core::golden::{PreSaved, post_backward_f64, pre_backward_f64, sinkhorn_backward_f64, sinkhorn_forward_f64};
 use mhc::core::random::{PostInputs, PreBackwardData, TensorRng, seed_from_env};
-use mhc::core::{
-    Dims, Error, HostTensor, PostForwardInputs, PreBackwardInputs, PreForwardInputs, PreParams, SinkhornParams,
-};
+use mhc::core::{Dims, HostTensor, PostForwardInputs, PreBackwardInputs, PreForwardInputs, PreParams, SinkhornParams};
 use mhc::runtime::{Context, ContextOptions, GpuTensor, ops};
 
 struct PreBackwardGpu {
@@ -120,10 +118,7 @@ fn backward_reductions_in_clusters_smaller_than_subgroups() {
         run_post_backward(ctx_reduce_lanes(lanes), 5, 4, 64, false);
         run_post_backward(ctx_reduce_lanes(lanes), 3, 3, 5, true);
     }
-    let err = Context::with_options(ContextOptions { max_reduce_lanes: Some(3), ..Default::default() })
-        .err()
-        .expect("3 lanes refused");
-    assert!(matches!(&err, Error::Param { name, .. } if name == "max_reduce_lanes"), "{err}");
+    assert_option_refused(ContextOptions { max_reduce_lanes: Some(3), ..Default::default() }, "max_reduce_lanes");
 }
 
 /// Kernels held to 16 KB of workgroup memory, WebGPU's minimum.

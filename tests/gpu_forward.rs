@@ -240,10 +240,10 @@ fn post_forward_word_widths() {
             run_post_forward(ctx_post_columns(columns), t, n, d);
         }
     }
-    let err = Context::with_options(ContextOptions { post_forward_columns: Some(16), ..Default::default() })
-        .err()
-        .expect("16 columns refused");
-    assert!(matches!(&err, Error::Param { name, .. } if name == "post_forward_columns"), "{err}");
+    assert_option_refused(
+        ContextOptions { post_forward_columns: Some(16), ..Default::default() },
+        "post_forward_columns",
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use mhc::core::accuracy::{Tolerance, compare};
 use mhc::core::golden::{pre_forward_f64, sinkhorn_forward_f64};
 use mhc::core::random::{PreInputs, TensorRng, seed_from_env};
-use mhc::core::{DType, Dims, HostTensor, PreForwardInputs, PreParams, SinkhornParams, TensorMeta};
+use mhc::core::{DType, Dims, Error, HostTensor, PreForwardInputs, PreParams, SinkhornParams, TensorMeta};
 use mhc::runtime::{Context, ContextOptions, GpuTensor, ops};
 
 /// The default adapter, shared by all tests of a binary (lavapipe in CI).
@@ -63,6 +63,12 @@ pub fn ctx_post_columns(columns: u32) -> &'static Context {
         &CTX[usize::from(columns == 8)],
         ContextOptions { post_forward_columns: Some(columns), ..Default::default() },
     )
+}
+
+/// Asserts that a context made with `opts` is refused with an error naming `option`.
+pub fn assert_option_refused(opts: ContextOptions, option: &str) {
+    let err = Context::with_options(opts).err().unwrap_or_else(|| panic!("{option}: the value was accepted"));
+    assert!(matches!(&err, Error::Param { name, .. } if name == option), "{err}");
 }
 
 pub fn up(ctx: &Context, name: &str, t: &HostTensor) -> GpuTensor {
