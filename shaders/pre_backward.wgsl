@@ -116,35 +116,58 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
             }
             continue;
         }
+        // Every input of the token is loaded before the first store: for all the compiler
+        // knows, tok_data may alias them, so a load after a store would wait for it, and the
+        // token's 3N + M + NN loads would each take a memory latency in turn.
         let inv = inv_rms[tok];
+        let al = vec3<f32>(alpha[0], alpha[1], alpha[2]);
+        var hpre: array<f32, N>;
+        var hpost: array<f32, N>;
+        var dpost: array<f32, N>;
+        var hm: array<f32, M>;
+        var dres: array<f32, NN>;
+#unroll i N
+        {
+            hpre[{i}] = h_pre[tok * N + {i}];
+            hpost[{i}] = h_post[tok * N + {i}];
+            dpost[{i}] = dh_post[tok * N + {i}];
+        }
+#endunroll
+#unroll m M
+        hm[{m}] = h_mix[tok * M + {m}];
+#endunroll
+#unroll r NN
+        dres[{r}] = dh_res[tok * NN + {r}];
+#endunroll
         var dinv = 0.0;
         var da = vec3<f32>(0.0);
-        for (var i = 0u; i < N; i++) {
-            let s = h_pre[tok * N + i] - params.hc_eps;
-            let dpre2 = red_total[b * N + i] * s * (1.0 - s);
-            let hp = h_post[tok * N + i];
-            let dpost2 = dh_post[tok * N + i] * hp * (1.0 - hp / params.post_mult);
-            let hm_pre = h_mix[tok * M + i];
-            let hm_post = h_mix[tok * M + N + i];
-            let g_pre = alpha[0] * dpre2;
-            let g_post = alpha[1] * dpost2;
-            tok_data[tok * (M + 1u) + i] = g_pre * inv;
-            tok_data[tok * (M + 1u) + N + i] = g_post * inv;
-            dinv += g_pre * hm_pre + g_post * hm_post;
-            da.x += dpre2 * hm_pre * inv;
-            da.y += dpost2 * hm_post * inv;
-            contrib[c + i] = dpre2;
-            contrib[c + N + i] = dpost2;
+#unroll i N
+        {
+            let s = hpre[{i}] - params.hc_eps;
+            let dpre2 = red_total[b * N + {i}] * s * (1.0 - s);
+            let hp = hpost[{i}];
+            let dpost2 = dpost[{i}] * hp * (1.0 - hp / params.post_mult);
+            let g_pre = al.x * dpre2;
+            let g_post = al.y * dpost2;
+            tok_data[tok * (M + 1u) + {i}] = g_pre * inv;
+            tok_data[tok * (M + 1u) + N + {i}] = g_post * inv;
+            dinv += g_pre * hm[{i}] + g_post * hm[N + {i}];
+            da.x += dpre2 * hm[{i}] * inv;
+            da.y += dpost2 * hm[N + {i}] * inv;
+            contrib[c + {i}] = dpre2;
+            contrib[c + N + {i}] = dpost2;
         }
-        for (var r = 0u; r < NN; r++) {
-            let dr = dh_res[tok * NN + r];
-            let hm = h_mix[tok * M + 2u * N + r];
-            let g = alpha[2] * dr;
-            tok_data[tok * (M + 1u) + 2u * N + r] = g * inv;
-            dinv += g * hm;
-            da.z += dr * hm * inv;
-            contrib[c + 2u * N + r] = dr;
+#endunroll
+#unroll r NN
+        {
+            let dr = dres[{r}];
+            let g = al.z * dr;
+            tok_data[tok * (M + 1u) + 2u * N + {r}] = g * inv;
+            dinv += g * hm[2u * N + {r}];
+            da.z += dr * hm[2u * N + {r}] * inv;
+            contrib[c + 2u * N + {r}] = dr;
         }
+#endunroll
         tok_data[tok * (M + 1u) + M] = dinv * inv * inv * inv / f32(K);
         contrib[c + M] = da.x;
         contrib[c + M + 1u] = da.y;
