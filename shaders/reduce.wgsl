@@ -34,34 +34,15 @@ fn block_reduce(lane: Lane, acc: ptr<function, array<f32, NVP>>) {
 #unroll i 32
         rv[{i}] = (*acc)[{g} * 32u + {i}];
 #endunroll
-        if (CL >= 2u) {
-            let up = (c & (CL / 2u)) != 0u;
-#unroll i 16
-            rv[{i}] = select(rv[{i}], rv[{i} + 16u], up) + subgroupShuffleXor(select(rv[{i} + 16u], rv[{i}], up), CL / 2u);
+        // Level L: lanes CL >> (L + 1) apart swap halves of the 16 >> L values each still holds.
+#unroll L 5
+        if (CL >= (2u << {L})) {
+            let up = (c & (CL >> ({L} + 1u))) != 0u;
+#unroll i 16>>{L}
+            rv[{i}] = select(rv[{i}], rv[{i} + (16u >> {L})], up) + subgroupShuffleXor(select(rv[{i} + (16u >> {L})], rv[{i}], up), CL >> ({L} + 1u));
 #endunroll
         }
-        if (CL >= 4u) {
-            let up = (c & (CL / 4u)) != 0u;
-#unroll i 8
-            rv[{i}] = select(rv[{i}], rv[{i} + 8u], up) + subgroupShuffleXor(select(rv[{i} + 8u], rv[{i}], up), CL / 4u);
 #endunroll
-        }
-        if (CL >= 8u) {
-            let up = (c & (CL / 8u)) != 0u;
-#unroll i 4
-            rv[{i}] = select(rv[{i}], rv[{i} + 4u], up) + subgroupShuffleXor(select(rv[{i} + 4u], rv[{i}], up), CL / 8u);
-#endunroll
-        }
-        if (CL >= 16u) {
-            let up = (c & (CL / 16u)) != 0u;
-#unroll i 2
-            rv[{i}] = select(rv[{i}], rv[{i} + 2u], up) + subgroupShuffleXor(select(rv[{i} + 2u], rv[{i}], up), CL / 16u);
-#endunroll
-        }
-        if (CL >= 32u) {
-            let up = (c & 1u) != 0u;
-            rv[0] = select(rv[0], rv[1], up) + subgroupShuffleXor(select(rv[1], rv[0], up), 1u);
-        }
 #unroll j RPL
         {
             let v = {g} * 32u + RPL * c + {j};

@@ -5,7 +5,7 @@ use crate::Spec;
 ///   Every flag named must be in `spec`, so a typo is an error rather than a silently dropped
 ///   branch. Dropped lines become empty lines, so naga's line numbers still point into the file.
 /// - `#unroll VAR COUNT` ... `#endunroll`: repeats the body COUNT times (a number or a constant
-///   of `spec`) with `{VAR}` replaced by `0u`, `1u`, ... Loops over private arrays are written
+///   of `spec`, or `A>>B` of those) with `{VAR}` replaced by `0u`, `1u`, ... Loops over private arrays are written
 ///   this way because drivers do not always unroll them, and an array indexed by a loop counter
 ///   is then kept in (slow) memory instead of registers.
 pub fn preprocess(src: &str, spec: &Spec) -> Result<String, String> {
@@ -34,11 +34,7 @@ fn expand(lines: &[&str], spec: &Spec, out: &mut String) -> Result<(), String> {
         let (Some(var), Some(count), None) = (words.next(), words.next(), words.next()) else {
             return Err(format!("expected `#unroll VAR COUNT`, got `{t}`"));
         };
-        let n = count
-            .parse::<u32>()
-            .ok()
-            .or_else(|| spec.get(count))
-            .ok_or_else(|| format!("#unroll: unknown count {count}"))?;
+        let n = unroll_count(count, spec).ok_or_else(|| format!("#unroll: unknown count {count}"))?;
         // The matching #endunroll, counting nested blocks.
         let mut depth = 1;
         let mut end = i + 1;
@@ -66,6 +62,17 @@ fn expand(lines: &[&str], spec: &Spec, out: &mut String) -> Result<(), String> {
         i = end + 1;
     }
     Ok(())
+}
+
+/// An `#unroll` count: a number (`u` suffix allowed, as an enclosing block substitutes), a
+/// constant of `spec`, or `A>>B` of those, for a block whose count halves with an enclosing
+/// block's variable.
+fn unroll_count(count: &str, spec: &Spec) -> Option<u32> {
+    let term = |t: &str| t.strip_suffix('u').unwrap_or(t).parse::<u32>().ok().or_else(|| spec.get(t));
+    match count.split_once(">>") {
+        Some((a, b)) => term(a)?.checked_shr(term(b)?),
+        None => term(count),
+    }
 }
 
 fn resolve_ifs(src: &str, spec: &Spec) -> Result<String, String> {
@@ -123,6 +130,10 @@ mod tests {
             ["a[0u * 2u + 0u] = 0u;", "a[0u * 2u + 1u] = 0u;", "a[1u * 2u + 0u] = 1u;", "a[1u * 2u + 1u] = 1u;", "z"]
         );
         assert!(preprocess("#unroll i M\n#endunroll\n", &spec).unwrap_err().contains("unknown count M"));
+        let halving = "#unroll l N\n#unroll i 4>>{l}\nv{l}{i}\n#endunroll\n#endunroll\n";
+        let out = preprocess(halving, &spec).unwrap();
+        assert_eq!(out.lines().collect::<Vec<_>>(), ["v0u0u", "v0u1u", "v0u2u", "v0u3u", "v1u0u", "v1u1u"]);
+        assert!(preprocess("#unroll i 4>>M\n#endunroll\n", &spec).unwrap_err().contains("unknown count 4>>M"));
         assert!(preprocess("#unroll i 2\nx\n", &spec).is_err());
         assert!(preprocess("#endunroll\n", &spec).is_err());
     }
