@@ -236,23 +236,37 @@ fn coop_sums(lane: Lane, tok0: u32) {
 }
 #endif
 #if SPLIT
-// The tile's sums from `project`'s f32 partials, added in split order.
+// The tile's sums from `project`'s f32 partials, added in split order. Split-major:
+// consecutive invocations take consecutive tokens of one output, whose partials are
+// adjacent, over the tile's live tokens only (a short last tile still takes one pass).
+// Token-major: a token's partials are its row, each split's M + 1 a constant offset apart.
 fn split_sums(lane: Lane, tok0: u32) {
+#if SPLIT_MAJOR
+    let live = min(TW, params.t - tok0);
+    for (var e = lane.lid; e < live * (M + 1u); e += WG) {
+        let b = e % live;
+        let m = e / live;
+        var v: array<f32, CS>;
+#unroll k CS
+        v[{k}] = part[({k} * (M + 1u) + m) * params.t + tok0 + b];
+#endunroll
+#else
     for (var e = lane.lid; e < TW * (M + 1u); e += WG) {
         let b = e / (M + 1u);
         let m = e % (M + 1u);
-        let tok = tok0 + b;
-        if (tok < params.t) {
-            var v: array<f32, CS>;
-#unroll k CS
-            v[{k}] = part[tok * PW + {k} * (M + 1u) + m];
-#endunroll
-            var s = 0.0;
-#unroll k CS
-            s += v[{k}];
-#endunroll
-            sums[b * (M + 1u) + m] = s;
+        if (tok0 + b >= params.t) {
+            continue;
         }
+        var v: array<f32, CS>;
+#unroll k CS
+        v[{k}] = part[(tok0 + b) * PW + {k} * (M + 1u) + m];
+#endunroll
+#endif
+        var s = 0.0;
+#unroll k CS
+        s += v[{k}];
+#endunroll
+        sums[b * (M + 1u) + m] = s;
     }
     workgroupBarrier();
 }
@@ -362,14 +376,25 @@ fn project(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         workgroupBarrier();
     }
     // Every split writes its partials, zeros where it has no columns: `main` adds all CS.
+    // Split-major ([split][M + 1][token] within the dispatch's rows), each store of a subgroup
+    // is one contiguous run; token-major ([token][split][M + 1]), every lane's store hits its
+    // own cache sector, which cost `project` 21-41 us at the bench shapes on an H200
+    // (docs/PERFORMANCE.md, the thirteenth session's changes).
 #unroll u SPT
     {
         let tok = t0 + lid + {u} * PWG;
         if (tok < params.t) {
+#if SPLIT_MAJOR
+            let base = split * (M + 1u) * params.t + tok;
+            let stride = params.t;
+#else
+            let base = tok * PW + split * (M + 1u);
+            let stride = 1u;
+#endif
 #unroll m M
-            part_out[tok * PW + split * (M + 1u) + {m}] = acc[{u} * (M + 1u) + {m}];
+            part_out[base + {m} * stride] = acc[{u} * (M + 1u) + {m}];
 #endunroll
-            part_out[tok * PW + split * (M + 1u) + M] = acc[{u} * (M + 1u) + M];
+            part_out[base + M * stride] = acc[{u} * (M + 1u) + M];
         }
     }
 #endunroll

@@ -77,10 +77,10 @@ fn forward_in_little_workgroup_memory() {
 #[test]
 fn pre_forward_split_layouts() {
     let tiles = [
-        SplitTile { splits: 3, chunk_words: 2, tokens_per_invocation: 2, invocations: 64 },
-        SplitTile { splits: 5, chunk_words: 4, tokens_per_invocation: 1, invocations: 32 },
-        SplitTile { splits: 2, chunk_words: 3, tokens_per_invocation: 3, invocations: 16 },
-        SplitTile { splits: 4, chunk_words: 16, tokens_per_invocation: 4, invocations: 32 },
+        SplitTile { splits: 3, chunk_words: 2, tokens_per_invocation: 2, invocations: 64, split_major: true },
+        SplitTile { splits: 5, chunk_words: 4, tokens_per_invocation: 1, invocations: 32, split_major: false },
+        SplitTile { splits: 2, chunk_words: 3, tokens_per_invocation: 3, invocations: 16, split_major: true },
+        SplitTile { splits: 4, chunk_words: 16, tokens_per_invocation: 4, invocations: 32, split_major: false },
     ];
     for tile in tiles {
         let ctx = Context::with_options(ContextOptions {
@@ -102,7 +102,8 @@ fn pre_forward_split_layouts() {
         .unwrap();
         run_pre_forward(&small, 700, 4, 64, true, None);
     }
-    let too_big = SplitTile { splits: 1, chunk_words: 4096, tokens_per_invocation: 1, invocations: 64 };
+    let too_big =
+        SplitTile { splits: 1, chunk_words: 4096, tokens_per_invocation: 1, invocations: 64, split_major: true };
     let ctx = Context::with_options(ContextOptions {
         pre_forward_split: Some(PreSplit::Tile(too_big)),
         ..Default::default()

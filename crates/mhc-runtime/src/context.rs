@@ -426,9 +426,13 @@ fn split_from_env() -> Result<Option<PreSplit>> {
     };
     let parts: Vec<u32> = v.split(',').map(|p| p.trim().parse().map_err(|_| bad())).collect::<Result<_>>()?;
     match parts[..] {
-        [splits, chunk_words, tokens_per_invocation, invocations] => {
-            Ok(Some(PreSplit::Tile(SplitTile { splits, chunk_words, tokens_per_invocation, invocations })))
-        }
+        [splits, chunk_words, tokens_per_invocation, invocations] => Ok(Some(PreSplit::Tile(SplitTile {
+            splits,
+            chunk_words,
+            tokens_per_invocation,
+            invocations,
+            split_major: true,
+        }))),
         _ => Err(bad()),
     }
 }
