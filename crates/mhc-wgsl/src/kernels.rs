@@ -225,10 +225,12 @@ impl SplitTile {
             });
         }
         // 4 tokens an invocation halve phi's shared-memory loads a token; on an H200 that was
-        // faster where K and T are large (16384 x 4096: 427-439 us for `project` against
-        // 463 us with 2; 8192 x 7168: 551 against 569 us for the operator), not at K = 10240.
+        // faster from 8192 tokens (16384 x 4096: 427-439 us for `project` against 463 us with
+        // 2; 8192 x 7168: 551 against 569 us for the operator; 8192 x 10240, with split-major
+        // partials: 139.8 against 150.8 us for `project`), not at 4096 x 10240 (89.6 against
+        // 82.8: twice the splits, of 2-3 chunks each).
         let tokens_per_invocation = match m {
-            ..=24 if n * d >= 16384 && tokens >= 8192 => 4,
+            ..=24 if n * d >= 10240 && tokens >= 8192 => 4,
             ..=24 => 2,
             _ => 1,
         };
