@@ -45,6 +45,18 @@ fn pre_forward_reductions_in_clusters_smaller_than_subgroups() {
     }
 }
 
+/// The error mhc_pre forward returns on `ctx` for fresh random inputs of `t` tokens (it must
+/// refuse them).
+fn pre_forward_error(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool) -> Error {
+    let dims = Dims::new(t, n, d).unwrap();
+    let host = PreInputs::random(&mut TensorRng::new(seed_from_env()), &dims, gamma);
+    let (x, phi, alpha, bias) =
+        (up(ctx, "x", &host.x), up(ctx, "phi", &host.phi), up(ctx, "alpha", &host.alpha), up(ctx, "bias", &host.bias));
+    let g = host.gamma.as_ref().map(|g| up(ctx, "gamma", g));
+    let inputs = PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: g.as_ref() };
+    ops::pre_forward(ctx, &inputs, &PreParams::default(), None).expect_err("mhc_pre forward refuses these inputs")
+}
+
 /// Kernels held to 16 KB of workgroup memory (WebGPU's minimum: `project` stages phi in
 /// smaller chunks), and below what any layout of mhc_pre forward needs: an error naming the
 /// kernel instead of a run past the limit.
@@ -57,16 +69,7 @@ fn forward_in_little_workgroup_memory() {
 
     let tiny =
         Context::with_options(ContextOptions { max_workgroup_storage: Some(256), ..Default::default() }).unwrap();
-    let dims = Dims::new(3, 4, 127).unwrap();
-    let host = PreInputs::random(&mut TensorRng::new(seed_from_env()), &dims, false);
-    let (x, phi, alpha, bias) = (
-        up(&tiny, "x", &host.x),
-        up(&tiny, "phi", &host.phi),
-        up(&tiny, "alpha", &host.alpha),
-        up(&tiny, "bias", &host.bias),
-    );
-    let inputs = PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: None };
-    let err = ops::pre_forward(&tiny, &inputs, &PreParams::default(), None).expect_err("256 bytes refused");
+    let err = pre_forward_error(&tiny, 3, 4, 127, false);
     assert!(matches!(&err, Error::TooLarge { what, .. } if what.contains("pre_forward::main")), "{err}");
     assert!(err.to_string().contains("the device has 256"), "{err}");
 }
@@ -109,17 +112,7 @@ fn pre_forward_split_layouts() {
         ..Default::default()
     })
     .unwrap();
-    let dims = Dims::new(8, 4, 64).unwrap();
-    let host = PreInputs::random(&mut TensorRng::new(seed_from_env()), &dims, true);
-    let (x, phi, alpha, bias, gamma) = (
-        up(&ctx, "x", &host.x),
-        up(&ctx, "phi", &host.phi),
-        up(&ctx, "alpha", &host.alpha),
-        up(&ctx, "bias", &host.bias),
-        up(&ctx, "gamma", host.gamma.as_ref().unwrap()),
-    );
-    let inputs = PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: Some(&gamma) };
-    let err = ops::pre_forward(&ctx, &inputs, &PreParams::default(), None).unwrap_err();
+    let err = pre_forward_error(&ctx, 8, 4, 64, true);
     assert!(matches!(&err, Error::Param { name, .. } if name == "pre_forward_split"), "{err}");
 }
 
