@@ -11,8 +11,8 @@
 // a workgroup, NV = TB * (M + 1) and DS = 1.
 //
 // gamma is folded into phi beforehand (`fold_gamma`), so the projection reads one matrix; with
-// flag GAMMA (SPLIT only) `project` multiplies phi's chunks by gamma as it stages them instead,
-// and no fold runs.
+// flag GAMMA (SPLIT only, with PWG a multiple of SC * 2) `project` multiplies phi's chunks by
+// gamma as it stores them to shared memory instead, and no fold runs.
 // Pass 1 reads x once: the RMS and the M dot products with phi. The gates follow, one
 // invocation per (token, output). Pass 2 reads x again for h_in = sum_i h_pre[i] * x[i, :].
 
@@ -282,9 +282,27 @@ const CPS: u32 = (PCH + CS - 1u) / CS;
 const PHV: u32 = M * SC * 2u;
 var<workgroup> phi_s: array<vec4<f32>, 2u * PHV>;
 
+#if GAMMA
+// gamma at the 4 columns of the vec4s this invocation stages from the chunk in flight: the
+// same columns for all of them, since PWG is a multiple of SC * 2 (the spec's condition for
+// GAMMA). Applied as the chunk is stored, after the chunk before it has been used, so its
+// loads are not waited on any earlier than phi's.
+var<private> gamma_q: vec4<f32>;
+#endif
+
 // This invocation's share of chunk ch of phi (vec4 q of row m: word ch * SC + q / 2, half
 // q % 2); zeros past K.
 fn phi_chunk(lid: u32, ch: u32, regs: ptr<function, array<vec4<f32>, PHL>>) {
+#if GAMMA
+    {
+        let q = lid % (SC * 2u);
+        gamma_q = vec4<f32>(0.0);
+        if (ch * SC + q / 2u < W8) {
+            let k = (ch * SC * 2u + q) * 4u;
+            gamma_q = vec4<f32>(gamma[k], gamma[k + 1u], gamma[k + 2u], gamma[k + 3u]);
+        }
+    }
+#endif
 #unroll i PHL
     {
         let e = lid + {i} * PWG;
@@ -293,10 +311,6 @@ fn phi_chunk(lid: u32, ch: u32, regs: ptr<function, array<vec4<f32>, PHL>>) {
         let q = e % (SC * 2u);
         if (e < PHV && ch * SC + q / 2u < W8) {
             v = phi[m * (K / 4u) + ch * SC * 2u + q];
-#if GAMMA
-            let k = (ch * SC * 2u + q) * 4u;
-            v *= vec4<f32>(gamma[k], gamma[k + 1u], gamma[k + 2u], gamma[k + 3u]);
-#endif
         }
         (*regs)[{i}] = v;
     }
@@ -308,7 +322,11 @@ fn store_phi_chunk(lid: u32, buf: u32, regs: ptr<function, array<vec4<f32>, PHL>
     {
         let e = lid + {i} * PWG;
         if (e < PHV) {
+#if GAMMA
+            phi_s[buf * PHV + e] = (*regs)[{i}] * gamma_q;
+#else
             phi_s[buf * PHV + e] = (*regs)[{i}];
+#endif
         }
     }
 #endunroll

@@ -23,6 +23,9 @@ fn pre_forward_single_token_and_gamma_variants() {
         run_pre_forward(ctx(), 1, 4, 64, gamma, None);
         run_pre_forward(ctx(), 3, 4, 24, gamma, None);
     }
+    // Past `gamma_in_project`'s token count the default layout folds gamma into phi first.
+    assert!(!mhc::wgsl::gamma_in_project(8200));
+    run_pre_forward(ctx(), 8200, 2, 16, true, None);
 }
 
 #[test]
@@ -93,7 +96,8 @@ fn pre_forward_split_layouts() {
         .unwrap();
         run_pre_forward(&ctx, 300, 4, 256, true, None);
         run_pre_forward(&ctx, 1001, 2, 40, false, Some(SinkhornParams::default()));
-        // Past `gamma_in_project`'s token count: gamma folded into phi first.
+        // gamma is applied as `project` stages phi, except with chunks of 3 words, which 16
+        // invocations do not cover in whole rows: then `fold_gamma` runs first.
         run_pre_forward(&ctx, 1100, 3, 16, true, None);
         run_pre_forward(&ctx, 77, 1, 24, true, None);
         let small = Context::with_options(ContextOptions {

@@ -94,19 +94,25 @@ pub enum Projection {
 }
 
 /// Whether mhc_pre forward's `project` should scale phi by gamma itself for `tokens` tokens
-/// (flag GAMMA of [`pre_forward`]) rather than after a `fold_gamma` dispatch. Scaling as it
-/// stages phi saves that dispatch but holds each chunk's staging on its loads. On an H200
-/// (n = 4, D = 2560): 1 token 46.1 -> 40.8 us, 16 tokens 53.8 -> 48.4, 1024 tokens 79.9 ->
-/// 75.3, but 4096 tokens 137.1 -> 140.8 and 8192 tokens 230.5 -> 236.1.
+/// (flag GAMMA of [`pre_forward`]) rather than after a `fold_gamma` dispatch. `project`
+/// scales each chunk of phi as it stores it to shared memory, after the chunk before has been
+/// used, so the dispatch saved costs no early wait on the chunk's loads (scaling them as they
+/// arrived did: 4096 tokens 137.1 -> 140.8 us). On an H200 (calls 56-60 of
+/// docs/bench/h200-device-bench.log, n = 4, us for the operator, against the fold): 1 token
+/// 16.5-16.9 -> 15.0-15.4 at D = 2560 and 22.4 -> 19.5-19.7 at D = 7168, 64 tokens 26.0-26.2
+/// -> 23.3-23.9, 4096 tokens 114.1-114.4 -> 112.8-112.9, 8192 tokens 197.9-198.4 ->
+/// 195.5-196.4 at D = 2560 and 500.4-500.6 -> 499.4-499.5 at D = 7168; but 16384 x 4096
+/// 560.9-561.2 -> 570.4-571.1, where `project` took 390.5 -> 404.0 us with 5 registers more.
 pub fn gamma_in_project(tokens: usize) -> bool {
-    tokens <= 1024
+    tokens <= 8192
 }
 
 /// mhc_pre forward: the whole layer for a tile of tokens in one workgroup; with a
 /// [`Projection`] other than `InMain` (vector path only), the projection's sums come from
-/// partials over splits of K. `gamma`: `project` scales phi by gamma as it stages it (flag
-/// GAMMA, `Projection::Split` only); otherwise the caller folds gamma into phi first
-/// (`fold_gamma`) where there is one.
+/// partials over splits of K. `gamma`: `project` scales phi by gamma as it stores each chunk
+/// (flag GAMMA; only with `Projection::Split` whose workgroups cover whole rows of a chunk,
+/// invocations a multiple of 2 x chunk_words); otherwise the caller folds gamma into phi
+/// first (`fold_gamma`) where there is one.
 pub fn pre_forward(
     n: u32,
     d: u32,
@@ -131,7 +137,10 @@ pub fn pre_forward(
         .flag("PARTS", projection != Projection::InMain)
         .flag("COOP", matches!(projection, Projection::Coop(_)))
         .flag("SPLIT", matches!(projection, Projection::Split(_)))
-        .flag("GAMMA", gamma && matches!(projection, Projection::Split(_)))
+        .flag(
+            "GAMMA",
+            gamma && matches!(projection, Projection::Split(t) if t.invocations.is_multiple_of(2 * t.chunk_words)),
+        )
         .with("CS", splits)
         .with("PW", splits * per_split)
         .with("SC", split.chunk_words)
