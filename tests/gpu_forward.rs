@@ -22,6 +22,9 @@ fn pre_forward_single_token_and_gamma_variants() {
     for gamma in [false, true] {
         run_pre_forward(ctx(), 1, 4, 64, gamma, None);
         run_pre_forward(ctx(), 3, 4, 24, gamma, None);
+        // `mhc check --quick`'s shape, with the default (unchecked) kernels: a partial tile
+        // whose h_in pass leaves half the workgroup idle.
+        run_pre_forward(ctx(), 7, 4, 64, gamma, None);
     }
     // Past `gamma_in_project`'s token count the default layout folds gamma into phi first.
     assert!(!mhc::wgsl::gamma_in_project(8200));
