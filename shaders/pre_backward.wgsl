@@ -255,11 +255,18 @@ fn gamma_at(k: u32) -> f32 {
 #endif
 }
 
+// The partial is read only when a later token chunk adds to it: a `select` reads both of its
+// sides, and that read of partials never used made `cols` 33-54 us slower at the bench shapes
+// on an H200 (docs/PERFORMANCE.md, fifteenth session).
 fn add_partial(idx: u32, v: f32, is_phi: bool) {
+    var s = v;
+    if (params.accumulate != 0u) {
+        s += seg_partial(is_phi, idx);
+    }
     if (is_phi) {
-        part_phi[idx] = select(v, part_phi[idx] + v, params.accumulate != 0u);
+        part_phi[idx] = s;
     } else {
-        part_gamma[idx] = select(v, part_gamma[idx] + v, params.accumulate != 0u);
+        part_gamma[idx] = s;
     }
 }
 
