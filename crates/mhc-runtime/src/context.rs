@@ -412,7 +412,9 @@ fn flag_from_env(name: &'static str) -> Result<bool> {
 }
 
 /// `MHC_PRE_SPLIT=splits,chunk_words,tokens_per_invocation,invocations` or `off`: see
-/// [`ContextOptions::pre_forward_split`] (checked against the device when used).
+/// [`ContextOptions::pre_forward_split`] (checked against the device when used). The layout
+/// it forces keeps its partials split-major, also at decoding sizes, where the default layout
+/// is token-major ([`SplitTile::split_major`]).
 fn split_from_env() -> Result<Option<PreSplit>> {
     let Ok(v) = std::env::var("MHC_PRE_SPLIT") else { return Ok(None) };
     if v == "off" {
