@@ -1,6 +1,7 @@
 //! Adapter and device setup: which GPU mhc runs on and what it may use there.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use mhc_core::{Error, Result};
 use mhc_wgsl::{SplitTile, Target, Tile};
@@ -168,14 +169,85 @@ fn check_coop_adapter(adapter: &wgpu::Adapter) -> Result<()> {
 /// Storage buffers one kernel binds at most (mhc_pre backward's `cols` and `finish`).
 const STORAGE_BUFFERS_NEEDED: u32 = 10;
 
-fn instance() -> wgpu::Instance {
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+/// The process's one wgpu instance, on Vulkan, Metal and DX12 unless `WGPU_BACKEND` names
+/// others. Not OpenGL: wgpu's GL backend brings up EGL, and on an H200 (NVIDIA 580) a context
+/// dropped on one thread, which tore its instance's EGL display down, deadlocked the driver
+/// while other threads submitted work (docs/PERFORMANCE.md, sixteenth session). Kept for the
+/// process, so no context's drop tears an instance down and each context is spared the
+/// driver's start-up.
+fn instance() -> &'static wgpu::Instance {
+    static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::PRIMARY;
+        wgpu::Instance::new(desc.with_env())
+    })
 }
 
-/// Every adapter wgpu sees, on the backends `WGPU_BACKEND` allows.
+/// Every adapter wgpu sees, on the backends `WGPU_BACKEND` allows (by default Vulkan, Metal
+/// and DX12).
 pub fn adapters() -> Vec<wgpu::AdapterInfo> {
     let instance = instance();
     pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all())).iter().map(|a| a.get_info()).collect()
+}
+
+/// A wgpu device with its queue and the message of its loss, once lost.
+#[derive(Clone)]
+struct SharedDevice {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+/// Where the device-lost callback of `device` leaves its message.
+fn watch_lost(device: &wgpu::Device) -> Arc<Mutex<Option<String>>> {
+    let lost = Arc::new(Mutex::new(None));
+    let sink = lost.clone();
+    device.set_device_lost_callback(move |reason, msg| {
+        *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{reason:?}: {msg}"));
+    });
+    lost
+}
+
+/// The device of `adapter` (with the cooperative matrices or without) that every context on it
+/// shares, made on first use and kept for the process, unless it was lost. Contexts are then
+/// cheap, and no context's drop destroys a device: on an H200 (NVIDIA 580) destroying one
+/// device while other threads created pipelines or submitted on another deadlocked the driver
+/// (docs/PERFORMANCE.md, sixteenth session). Devices are made one at a time.
+fn shared_device(adapter: &wgpu::Adapter, coop: bool) -> Result<SharedDevice> {
+    type Key = (String, u32, u32, wgpu::Backend, bool);
+    static DEVICES: OnceLock<Mutex<HashMap<Key, SharedDevice>>> = OnceLock::new();
+    let info = adapter.get_info();
+    let key = (info.name.clone(), info.vendor, info.device, info.backend, coop);
+    let mut devices = DEVICES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(d) = devices.get(&key) {
+        if d.lost.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            return Ok(d.clone());
+        }
+    }
+    let mut features = adapter.features() & WANTED;
+    if coop {
+        features |= COOP;
+    }
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("mhc"),
+        required_features: features,
+        required_limits: adapter.limits(),
+        // SAFETY: wgpu's experimental features (here only cooperative matrices, and only
+        // when asked for) are not yet validated as thoroughly as the rest of its API; mhc
+        // checks the adapter's configurations and subgroup size before using them.
+        experimental_features: if coop {
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        },
+        ..Default::default()
+    }))
+    .map_err(|e| Error::gpu("device request", e))?;
+    let lost = watch_lost(&device);
+    let shared = SharedDevice { device, queue, lost };
+    devices.insert(key, shared.clone());
+    Ok(shared)
 }
 
 impl Context {
@@ -193,7 +265,10 @@ impl Context {
     }
 
     /// A context on the adapter `WGPU_ADAPTER_NAME` names, else the one `opts` prefers; fails
-    /// with [`Error::Gpu`] where there is none or it lacks what `opts` asks for.
+    /// with [`Error::Gpu`] where there is none or it lacks what `opts` asks for. Contexts on
+    /// the same adapter share one wgpu device (one with the cooperative matrices, one without),
+    /// which the process keeps: each context has its own options, pipelines and scratch
+    /// buffers, and [`Context::wait`] waits for the device's work, all contexts' alike.
     pub fn with_options(opts: ContextOptions) -> Result<Self> {
         let instance = instance();
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
@@ -213,27 +288,11 @@ impl Context {
                 Error::gpu("adapter", format!("{e} (no GPU or Vulkan/Metal/DX12 driver found; on Linux without a GPU install lavapipe: apt-get install mesa-vulkan-drivers)"))
             })?,
         };
-        let mut features = adapter.features() & WANTED;
         if opts.cooperative_matrix {
             check_coop_adapter(&adapter)?;
-            features |= COOP;
         }
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("mhc"),
-            required_features: features,
-            required_limits: adapter.limits(),
-            // SAFETY: wgpu's experimental features (here only cooperative matrices, and only
-            // when asked for) are not yet validated as thoroughly as the rest of its API; mhc
-            // checks the adapter's configurations and subgroup size before using them.
-            experimental_features: if opts.cooperative_matrix {
-                unsafe { wgpu::ExperimentalFeatures::enabled() }
-            } else {
-                wgpu::ExperimentalFeatures::disabled()
-            },
-            ..Default::default()
-        }))
-        .map_err(|e| Error::gpu("device request", e))?;
-        Self::from_device(adapter.get_info(), device, queue, opts)
+        let shared = shared_device(&adapter, opts.cooperative_matrix)?;
+        Self::build(adapter.get_info(), shared, opts)
     }
 
     /// Wraps a device and queue the caller already owns (a game engine's, another ML
@@ -244,6 +303,12 @@ impl Context {
         queue: wgpu::Queue,
         opts: ContextOptions,
     ) -> Result<Self> {
+        let lost = watch_lost(&device);
+        Self::build(info, SharedDevice { device, queue, lost }, opts)
+    }
+
+    fn build(info: wgpu::AdapterInfo, shared: SharedDevice, opts: ContextOptions) -> Result<Self> {
+        let SharedDevice { device, queue, lost } = shared;
         let limits = device.limits();
         if limits.max_storage_buffers_per_shader_stage < STORAGE_BUFFERS_NEEDED {
             return Err(Error::gpu(
@@ -282,11 +347,6 @@ impl Context {
         if let Some(c) = opts.post_forward_columns {
             post_columns("post_forward_columns", c)?;
         }
-        let lost = Arc::new(Mutex::new(None));
-        let sink = lost.clone();
-        device.set_device_lost_callback(move |reason, msg| {
-            *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{reason:?}: {msg}"));
-        });
         let max_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
@@ -476,5 +536,28 @@ fn tile_from_env() -> Result<Option<Tile>> {
         Ok(Some(Tile { tb, tpl, slices }))
     } else {
         Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mhc_core::HostTensor;
+
+    use super::{Context, ContextOptions};
+    use crate::GpuTensor;
+
+    /// Contexts on one adapter share its device, and dropping one leaves the device to the
+    /// others (none is destroyed while the process runs).
+    #[test]
+    fn contexts_share_a_device_that_outlives_them() {
+        let a = Context::new().expect("a wgpu adapter");
+        let b = Context::with_options(ContextOptions { max_workgroup_storage: Some(16 << 10), ..Default::default() })
+            .expect("a wgpu adapter");
+        assert!(a.device() == b.device());
+        drop(a);
+        let host = HostTensor::from_f32(vec![3], vec![1.5, -2.0, 7.25]).unwrap();
+        let back = GpuTensor::upload(&b, "x", &host).unwrap().read(&b).unwrap();
+        assert_eq!(back.as_f32(), Some(&[1.5, -2.0, 7.25][..]));
+        assert!(Context::new().expect("a wgpu adapter").device() == b.device());
     }
 }
