@@ -433,3 +433,26 @@ fn pre_forward_reuses_scratch_across_shapes() {
     ctx.release_scratch();
     run_pre_forward(&ctx, 40, 4, 256, true, Some(SinkhornParams::default()));
 }
+
+/// Contexts made and dropped on several threads while others run operators: on an H200
+/// (NVIDIA 580) a context's drop that destroyed its own device, beside other threads'
+/// submits and pipeline builds, deadlocked the driver (docs/PERFORMANCE.md, sixteenth
+/// session). Every result is still checked against the golden math.
+#[test]
+fn contexts_come_and_go_on_threads_beside_running_work() {
+    std::thread::scope(|s| {
+        for i in 0..4u32 {
+            s.spawn(move || {
+                for j in 0..3u32 {
+                    let opts =
+                        ContextOptions { max_workgroup_storage: Some((16 + 4 * i + j) << 10), ..Default::default() };
+                    let ctx = Context::with_options(opts).expect("a wgpu adapter");
+                    run_pre_forward(&ctx, 33 + j as usize, 4, 64, i % 2 == 0, None);
+                }
+            });
+        }
+        for t in [40, 7, 300] {
+            run_pre_forward(ctx(), t, 2, 24, true, Some(SinkhornParams::default()));
+        }
+    });
+}
