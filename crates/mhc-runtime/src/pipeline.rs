@@ -1,18 +1,20 @@
 //! Compiled pipelines, cached by kernel family, entry point and specialisation.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use mhc_core::{Error, Result};
-use mhc_wgsl::{Family, Spec};
+use mhc_wgsl::{Family, Parsed, Spec};
 
 type Key = (Family, &'static str, Spec);
 
 #[derive(Default)]
 pub(crate) struct PipelineCache {
+    // Each specialised family parsed once: its workgroup memory is counted before any of its
+    // pipelines compiles, and wgpu compiles the same module.
+    parsed: Mutex<HashMap<(Family, Spec), Arc<Parsed>>>,
     modules: Mutex<HashMap<(Family, Spec), wgpu::ShaderModule>>,
-    // Workgroup memory of each entry point of a module, counted once a module.
-    workgroup_bytes: Mutex<HashMap<(Family, Spec), BTreeMap<String, u32>>>,
     pipelines: Mutex<HashMap<Key, wgpu::ComputePipeline>>,
 }
 
@@ -70,15 +72,20 @@ impl crate::Context {
     }
 
     fn workgroup_bytes(&self, family: Family, entry: &str, spec: &Spec) -> Result<u32> {
-        let key = (family, spec.clone());
-        let mut counted = self.pipelines.workgroup_bytes.lock().unwrap_or_else(|p| p.into_inner());
-        if !counted.contains_key(&key) {
-            let bytes = family.workgroup_bytes(spec).map_err(|e| Error::gpu("shader specialisation", e))?;
-            counted.insert(key.clone(), bytes);
-        }
-        counted[&key].get(entry).copied().ok_or_else(|| {
+        self.parsed(family, spec)?.workgroup_bytes.get(entry).copied().ok_or_else(|| {
             Error::gpu("shader specialisation", format!("{}.wgsl has no entry point {entry}", family.name()))
         })
+    }
+
+    fn parsed(&self, family: Family, spec: &Spec) -> Result<Arc<Parsed>> {
+        let key = (family, spec.clone());
+        let mut parsed = self.pipelines.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = parsed.get(&key) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(family.parse(spec).map_err(|e| Error::gpu("shader specialisation", e))?);
+        parsed.insert(key, p.clone());
+        Ok(p)
     }
 
     fn module(&self, family: Family, spec: &Spec) -> Result<wgpu::ShaderModule> {
@@ -86,11 +93,11 @@ impl crate::Context {
         if let Some(m) = self.pipelines.modules.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(m.clone());
         }
-        let src = family.source(spec).map_err(|e| Error::gpu("shader specialisation", e))?;
+        let parsed = self.parsed(family, spec)?;
         let module = self.scoped(&format!("compiling {}.wgsl", family.name()), || {
             let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(family.name()),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
+                source: wgpu::ShaderSource::Naga(Cow::Owned(parsed.module.clone())),
             };
             if self.shader_checks {
                 return Ok(self.device.create_shader_module(desc));

@@ -5,7 +5,7 @@
 //! at its four default shapes, subgroups of 32), translates it to SPIR-V with naga as wgpu's
 //! Vulkan backend does with mhc's settings (no runtime checks, native workgroup-memory zeroing,
 //! SPIR-V 1.6), and compiles it through ash. Each line also gives mhc's own count of the
-//! kernel's workgroup memory (`Family::workgroup_bytes`, which the runtime holds to the
+//! kernel's workgroup memory (`Family::parse`, which the runtime holds to the
 //! device's limit), to set beside the driver's.
 //!
 //! ```sh
@@ -83,10 +83,8 @@ struct Spirv {
     groups: BTreeMap<u32, Vec<vk::DescriptorSetLayoutBinding<'static>>>,
 }
 
-fn translate(k: &Kernel) -> Res<Spirv> {
-    let src = k.family.source(&k.spec)?;
-    let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
-    let info = Validator::new(ValidationFlags::all(), Capabilities::all()).validate(&module)?;
+fn translate(k: &Kernel, module: &naga::Module) -> Res<Spirv> {
+    let info = Validator::new(ValidationFlags::all(), Capabilities::all()).validate(module)?;
     let options = spv::Options {
         lang_version: (1, 6),
         bounds_check_policies: naga::proc::BoundsCheckPolicies::default(),
@@ -96,7 +94,7 @@ fn translate(k: &Kernel) -> Res<Spirv> {
         ..Default::default()
     };
     let stage = spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: k.entry.into() };
-    let words = spv::write_vec(&module, &info, &options, Some(&stage))?;
+    let words = spv::write_vec(module, &info, &options, Some(&stage))?;
     let mut groups: BTreeMap<u32, Vec<vk::DescriptorSetLayoutBinding>> = BTreeMap::new();
     for (_, var) in module.global_variables.iter() {
         let ty = match var.space {
@@ -268,10 +266,11 @@ fn main() -> Res<()> {
     let mut translated = Vec::new();
     for k in kernels() {
         // mhc's own count of the workgroup memory, beside the driver's "Shared Memory Size".
-        let shared = k.family.workgroup_bytes(&k.spec)?[k.entry];
+        let parsed = k.family.parse(&k.spec)?;
+        let shared = parsed.workgroup_bytes[k.entry];
         let label =
             format!("{:<17} {:<16} {:<10} workgroup bytes (naga) {shared:>5},", k.shape, k.family.name(), k.entry);
-        translated.push((k.family, label, translate(&k)?));
+        translated.push((k.family, label, translate(&k, &parsed.module)?));
     }
     let gpu = Gpu::new()?;
     println!("{}: statistics of each kernel as its driver compiled it", gpu.name);

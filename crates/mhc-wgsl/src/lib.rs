@@ -129,13 +129,9 @@ impl Family {
         preprocess(&src, spec).map_err(|e| format!("{}.wgsl: {e}", self.name()))
     }
 
-    /// Bytes of workgroup memory each entry point of the specialised source uses, by name,
-    /// from one parse, counted as WebGPU's `maxComputeWorkgroupStorageSize` rule does: each
-    /// workgroup variable the entry point uses, its size rounded up to 16. wgpu 30 does not
-    /// check this against the device's limit (gfx-rs/wgpu#8946), and a kernel past it is
-    /// undefined behaviour (on an H200 one hung), so the runtime checks it before it compiles a
-    /// pipeline.
-    pub fn workgroup_bytes(self, spec: &Spec) -> Result<BTreeMap<String, u32>, String> {
+    /// The specialised source parsed and validated by naga, once: the module the runtime hands
+    /// to wgpu (so wgpu does not parse it again) and each entry point's workgroup memory.
+    pub fn parse(self, spec: &Spec) -> Result<Parsed, String> {
         let src = self.source(spec)?;
         let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
         let info = naga::valid::Validator::new(naga::valid::ValidationFlags::empty(), naga::valid::Capabilities::all())
@@ -153,6 +149,21 @@ impl Family {
                 .map(|(_, var)| module.types[var.ty].inner.size(gctx).next_multiple_of(16))
                 .sum()
         };
-        Ok(module.entry_points.iter().enumerate().map(|(i, e)| (e.name.clone(), entry_bytes(i))).collect())
+        let workgroup_bytes =
+            module.entry_points.iter().enumerate().map(|(i, e)| (e.name.clone(), entry_bytes(i))).collect();
+        Ok(Parsed { module, workgroup_bytes })
     }
+}
+
+/// A specialised kernel family as naga parsed it ([`Family::parse`]).
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    /// The naga module, for `wgpu::ShaderSource::Naga` or a naga backend.
+    pub module: naga::Module,
+    /// Bytes of workgroup memory each entry point uses, by name, counted as WebGPU's
+    /// `maxComputeWorkgroupStorageSize` rule does: each workgroup variable the entry point
+    /// uses, its size rounded up to 16. wgpu 30 does not check this against the device's limit
+    /// (gfx-rs/wgpu#8946), and a kernel past it is undefined behaviour (on an H200 one hung),
+    /// so the runtime checks it before it compiles a pipeline.
+    pub workgroup_bytes: BTreeMap<String, u32>,
 }
