@@ -193,7 +193,7 @@ pub fn adapters() -> Vec<wgpu::AdapterInfo> {
 
 /// A wgpu device with its queue and the message of its loss, once lost.
 #[derive(Clone)]
-struct SharedDevice {
+struct DeviceQueue {
     device: wgpu::Device,
     queue: wgpu::Queue,
     lost: Arc<Mutex<Option<String>>>,
@@ -214,9 +214,9 @@ fn watch_lost(device: &wgpu::Device) -> Arc<Mutex<Option<String>>> {
 /// cheap, and no context's drop destroys a device: on an H200 (NVIDIA 580) destroying one
 /// device while other threads created pipelines or submitted on another deadlocked the driver
 /// (docs/PERFORMANCE.md, sixteenth session). Devices are made one at a time.
-fn shared_device(adapter: &wgpu::Adapter, coop: bool) -> Result<SharedDevice> {
+fn shared_device(adapter: &wgpu::Adapter, coop: bool) -> Result<DeviceQueue> {
     type Key = (String, u32, u32, wgpu::Backend, bool);
-    static DEVICES: OnceLock<Mutex<HashMap<Key, SharedDevice>>> = OnceLock::new();
+    static DEVICES: OnceLock<Mutex<HashMap<Key, DeviceQueue>>> = OnceLock::new();
     let info = adapter.get_info();
     let key = (info.name.clone(), info.vendor, info.device, info.backend, coop);
     let mut devices = DEVICES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
@@ -245,7 +245,7 @@ fn shared_device(adapter: &wgpu::Adapter, coop: bool) -> Result<SharedDevice> {
     }))
     .map_err(|e| Error::gpu("device request", e))?;
     let lost = watch_lost(&device);
-    let shared = SharedDevice { device, queue, lost };
+    let shared = DeviceQueue { device, queue, lost };
     devices.insert(key, shared.clone());
     Ok(shared)
 }
@@ -304,11 +304,11 @@ impl Context {
         opts: ContextOptions,
     ) -> Result<Self> {
         let lost = watch_lost(&device);
-        Self::build(info, SharedDevice { device, queue, lost }, opts)
+        Self::build(info, DeviceQueue { device, queue, lost }, opts)
     }
 
-    fn build(info: wgpu::AdapterInfo, shared: SharedDevice, opts: ContextOptions) -> Result<Self> {
-        let SharedDevice { device, queue, lost } = shared;
+    fn build(info: wgpu::AdapterInfo, shared: DeviceQueue, opts: ContextOptions) -> Result<Self> {
+        let DeviceQueue { device, queue, lost } = shared;
         let limits = device.limits();
         if limits.max_storage_buffers_per_shader_stage < STORAGE_BUFFERS_NEEDED {
             return Err(Error::gpu(
