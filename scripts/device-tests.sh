@@ -5,7 +5,9 @@
 # that never ended. A run still going after HANG_S seconds (default 40; the suites take 3-12 s
 # on an H200) is reported with its threads' backtraces when gdb is carried (GDB_TAR: a
 # tar.xz of `g/` (gdb, its libraries and ld-linux), `py/` (PYTHONHOME) and `gdbdata/`), then
-# killed. Prints one line per run and a summary; logs and backtraces go to $OUT.
+# killed. With GDB_RUN=1 (and GDB_TAR) each run starts under gdb instead, so that a run that
+# crashes is reported with every thread's backtrace (in its log); a hung run is then killed
+# without one. Prints one line per run and a summary; logs and backtraces go to $OUT.
 # Usage: RUNS=10 bash scripts/device-tests.sh .dev/gpu_forward .dev/gpu_backward .dev/layer
 set -uo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 TEST_BINARY..." >&2; exit 2; }
@@ -21,14 +23,18 @@ passed=0 failed=0 hung=0
 for bin in "$@"; do
     for run in $(seq "${RUNS:-3}"); do
         name="$(basename "$bin")-$run"
-        "$bin" >"$OUT/$name.log" 2>&1 &
+        if [ -n "${GDB_RUN:-}" ] && [ ${#gdb[@]} -gt 0 ]; then
+            "${gdb[@]}" -batch -ex "handle SIGPIPE nostop noprint" -ex run -ex "thread apply all bt 40" --args "$bin" >"$OUT/$name.log" 2>&1 &
+        else
+            "$bin" >"$OUT/$name.log" 2>&1 &
+        fi
         pid=$!
         s=0
         while kill -0 $pid 2>/dev/null && [ $s -lt "${HANG_S:-40}" ]; do sleep 1; s=$((s + 1)); done
         if kill -0 $pid 2>/dev/null; then
             hung=$((hung + 1))
             echo "$name: HUNG after ${s} s (GPU $(nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader 2>/dev/null))"
-            if [ ${#gdb[@]} -gt 0 ]; then
+            if [ ${#gdb[@]} -gt 0 ] && [ -z "${GDB_RUN:-}" ]; then
                 timeout 60 "${gdb[@]}" -p $pid -batch -ex "thread apply all bt 40" >"$OUT/bt-$name.txt" 2>&1
                 echo "  backtraces: $OUT/bt-$name.txt"
             fi
@@ -36,13 +42,14 @@ for bin in "$@"; do
             wait $pid 2>/dev/null
             continue
         fi
-        if wait $pid; then
+        # Under gdb the exit status is gdb's: the harness's summary line decides.
+        if wait $pid && grep -q '^test result: ok' "$OUT/$name.log"; then
             passed=$((passed + 1))
         else
             failed=$((failed + 1))
         fi
         echo "$name: $(grep -E '^test result' "$OUT/$name.log" || echo 'no test result')"
-        grep -E '^---- |panicked' -A3 "$OUT/$name.log" | head -12
+        grep -E '^---- |panicked|received signal' -A3 "$OUT/$name.log" | head -12
     done
 done
 echo "device-tests: $passed passed, $failed failed, $hung hung"
