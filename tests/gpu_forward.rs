@@ -436,13 +436,18 @@ fn pre_forward_reuses_scratch_across_shapes() {
 
 /// Contexts made and dropped on several threads while others run operators: on an H200
 /// (NVIDIA 580) a context's drop that destroyed its own device, beside other threads'
-/// submits and pipeline builds, deadlocked the driver (docs/PERFORMANCE.md, sixteenth
-/// session). Every result is still checked against the golden math.
+/// submits and pipeline builds, deadlocked the driver, and threads enumerating the shared
+/// instance's adapters at once crashed it (docs/PERFORMANCE.md, sixteenth and seventeenth
+/// sessions). The threads start together, so their first contexts are asked for at once.
+/// Every result is still checked against the golden math.
 #[test]
 fn contexts_come_and_go_on_threads_beside_running_work() {
+    let start = std::sync::Barrier::new(4);
     std::thread::scope(|s| {
         for i in 0..4u32 {
+            let start = &start;
             s.spawn(move || {
+                start.wait();
                 for j in 0..3u32 {
                     let opts =
                         ContextOptions { max_workgroup_storage: Some((16 + 4 * i + j) << 10), ..Default::default() };

@@ -1,7 +1,7 @@
 //! Adapter and device setup: which GPU mhc runs on and what it may use there.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use mhc_core::{Error, Result};
 use mhc_wgsl::{SplitTile, Target, Tile};
@@ -170,18 +170,23 @@ fn check_coop_adapter(adapter: &wgpu::Adapter) -> Result<()> {
 const STORAGE_BUFFERS_NEEDED: u32 = 10;
 
 /// The process's one wgpu instance, on Vulkan, Metal and DX12 unless `WGPU_BACKEND` names
-/// others. Not OpenGL: wgpu's GL backend brings up EGL, and on an H200 (NVIDIA 580) a context
-/// dropped on one thread, which tore its instance's EGL display down, deadlocked the driver
-/// while other threads submitted work (docs/PERFORMANCE.md, sixteenth session). Kept for the
-/// process, so no context's drop tears an instance down and each context is spared the
-/// driver's start-up.
-fn instance() -> &'static wgpu::Instance {
-    static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
-    INSTANCE.get_or_init(|| {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = wgpu::Backends::PRIMARY;
-        wgpu::Instance::new(desc.with_env())
-    })
+/// others, locked: one thread at a time enumerates its adapters or makes a device. Not
+/// OpenGL: wgpu's GL backend brings up EGL, and on an H200 (NVIDIA 580) a context dropped on
+/// one thread, which tore its instance's EGL display down, deadlocked the driver while other
+/// threads submitted work. Kept for the process, so no context's drop tears an instance down
+/// and each context is spared the driver's start-up. Locked, because the same driver crashed
+/// (a segmentation fault inside it) when several threads enumerated the one instance's
+/// physical devices at once (docs/PERFORMANCE.md, sixteenth and seventeenth sessions).
+fn instance() -> MutexGuard<'static, wgpu::Instance> {
+    static INSTANCE: OnceLock<Mutex<wgpu::Instance>> = OnceLock::new();
+    INSTANCE
+        .get_or_init(|| {
+            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+            desc.backends = wgpu::Backends::PRIMARY;
+            Mutex::new(wgpu::Instance::new(desc.with_env()))
+        })
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
 }
 
 /// Every adapter wgpu sees, on the backends `WGPU_BACKEND` allows (by default Vulkan, Metal
@@ -291,7 +296,9 @@ impl Context {
         if opts.cooperative_matrix {
             check_coop_adapter(&adapter)?;
         }
+        // Made under the instance's lock too: the device is the adapter's, on the same driver.
         let shared = shared_device(&adapter, opts.cooperative_matrix)?;
+        drop(instance);
         Self::build(adapter.get_info(), shared, opts)
     }
 
@@ -559,5 +566,21 @@ mod tests {
         let back = GpuTensor::upload(&b, "x", &host).unwrap().read(&b).unwrap();
         assert_eq!(back.as_f32(), Some(&[1.5, -2.0, 7.25][..]));
         assert!(Context::new().expect("a wgpu adapter").device() == b.device());
+    }
+
+    /// Contexts find their adapter one thread at a time: NVIDIA's driver crashed when threads
+    /// enumerated the shared instance's devices at once. While this thread holds the instance,
+    /// a context made on another thread waits (its device already exists, so without the lock
+    /// it would be made in milliseconds), then is made once the instance is free.
+    #[test]
+    fn contexts_wait_for_the_instance() {
+        let first = Context::new().expect("a wgpu adapter");
+        let held = super::instance();
+        let other = std::thread::spawn(Context::new);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!other.is_finished(), "a context was made while another thread held the instance");
+        drop(held);
+        let other = other.join().expect("the thread ran").expect("a wgpu adapter");
+        assert!(other.device() == first.device());
     }
 }
