@@ -62,4 +62,5 @@ for bin in "$@"; do
         done
     done
 done
+rm -rf "$cores"
 echo "device-tests: $passed passed, $failed failed, $hung hung"

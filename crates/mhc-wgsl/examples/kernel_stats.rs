@@ -5,7 +5,7 @@
 //! at its four default shapes, subgroups of 32), translates it to SPIR-V with naga as wgpu's
 //! Vulkan backend does with mhc's settings (no runtime checks, native workgroup-memory zeroing,
 //! SPIR-V 1.6), and compiles it through ash. Each line also gives mhc's own count of the
-//! kernel's workgroup memory (`Family::parse`, which the runtime holds to the
+//! kernel's workgroup memory (`Family::parse`'s count, which the runtime holds to the
 //! device's limit), to set beside the driver's.
 //!
 //! ```sh

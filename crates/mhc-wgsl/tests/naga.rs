@@ -107,8 +107,8 @@ fn every_kernel_builds_for_every_backend() {
     }
 }
 
-/// `Family::parse` counts the workgroup memory what each entry point uses: mhc_pre backward's `cols` at
-/// n = 4 stages 64 tokens' scalars, 8192 bytes (what NVIDIA's driver reported for it through
+/// `Family::parse` counts the workgroup memory each entry point uses: mhc_pre backward's `cols`
+/// at n = 4 stages 64 tokens' scalars, 8192 bytes (what NVIDIA's driver reported for it through
 /// `examples/kernel_stats.rs`); `rows` its token sums and `block_reduce`'s partials; `finish` a
 /// tree of WG floats.
 #[test]

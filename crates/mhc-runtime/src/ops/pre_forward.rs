@@ -239,9 +239,9 @@ pub fn pre_forward_into(
 }
 
 /// A layout forced through `ContextOptions::pre_forward_split`, if the device can run it. Its
-/// workgroup memory is counted here from the layout, not by naga as every kernel's is before
-/// it compiles: a layout far past the limit unrolls its phi staging thousands of times, which
-/// naga would take seconds to parse only for the kernel to be refused.
+/// workgroup memory is checked here from the layout, before naga counts it as it counts every
+/// kernel's before compiling: a layout far past the limit unrolls its phi staging thousands of
+/// times, which naga would take seconds to parse only for the kernel to be refused.
 fn check_split(ctx: &Context, n: u32, s: SplitTile) -> Result<SplitTile> {
     let limits = ctx.device.limits();
     let shared = s.workgroup_bytes(n);
