@@ -10,7 +10,15 @@
 //!
 //! ```sh
 //! cargo run --release -p mhc-wgsl --example kernel_stats
+//! cargo run --release -p mhc-wgsl --example kernel_stats -- --microcode DIR
 //! ```
+//!
+//! With `--microcode DIR` it also writes the machine code the driver compiled each kernel to,
+//! one `DIR/<shape>-<family>-<entry>.nvuc` a kernel, for `nvdisasm FILE.nvuc` (CUDA's
+//! disassembler; also in the `nvidia-cuda-nvdisasm` wheel) to print as SASS. NVIDIA's driver
+//! keeps that code zstd-compressed in the data of a Vulkan pipeline cache, as an "NVuc" object
+//! that `nvdisasm` reads; the layout around it is the driver's own and undocumented, so the
+//! example searches the data for it and says so where it finds none.
 //!
 //! Needs a Vulkan 1.3 device with the extension (NVIDIA's driver has it; lavapipe has not, and
 //! the example says so). The tensor-core kernels are included where the device has
@@ -19,6 +27,8 @@
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::ffi::{CStr, CString};
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use ash::vk;
 use mhc_wgsl::{CoopTile, Family, Projection, Spec, SplitTile, Target, Tile};
@@ -37,6 +47,24 @@ struct Kernel {
     family: Family,
     entry: &'static str,
     spec: Spec,
+}
+
+impl Kernel {
+    /// `<shape>-<family>-<entry>`, with the shape's commas as `x` and only letters, digits and
+    /// `_` besides, so that the name travels as a file name anywhere.
+    fn file_stem(&self) -> String {
+        let mut shape = String::new();
+        for c in self.shape.chars() {
+            match c {
+                ',' => shape.push('x'),
+                ' ' if !shape.ends_with('_') => shape.push('_'),
+                c if c.is_ascii_alphanumeric() => shape.push(c),
+                _ => {}
+            }
+        }
+        let shape = if shape.is_empty() { "any" } else { &shape };
+        format!("{shape}-{}-{}", self.family.name(), self.entry)
+    }
 }
 
 /// Every kernel `mhc bench` runs at its default shapes, specialised as the runtime does there.
@@ -182,8 +210,9 @@ impl Gpu {
         Ok(Gpu { _entry: entry, instance, device, stats, name, coop })
     }
 
-    /// The driver's statistics of `k`, one line per executable.
-    fn compile(&self, k: &Spirv) -> Res<Vec<String>> {
+    /// The driver's statistics of `k`, one line per executable; with `microcode`, also its
+    /// machine code written to that file, and a line that says so.
+    fn compile(&self, k: &Spirv, microcode: Option<&Path>) -> Res<Vec<String>> {
         let d = &self.device;
         let last = k.groups.keys().max().map_or(0, |g| g + 1);
         let mut set_layouts = Vec::new();
@@ -206,13 +235,27 @@ impl Gpu {
                     .name(&entry),
             )
             .layout(layout);
-        let pipelines = unsafe { d.create_compute_pipelines(vk::PipelineCache::null(), &[ci], None) };
+        // A cache of its own, so that its data holds this kernel's code alone.
+        let cache = match microcode {
+            Some(_) => unsafe { d.create_pipeline_cache(&vk::PipelineCacheCreateInfo::default(), None)? },
+            None => vk::PipelineCache::null(),
+        };
+        let pipelines = unsafe { d.create_compute_pipelines(cache, &[ci], None) };
         let lines = pipelines.map_err(|(_, e)| e.into()).and_then(|p| {
-            let lines = self.statistics(p[0]);
+            let mut lines = self.statistics(p[0]);
+            if let (Some(path), Ok(lines)) = (microcode, lines.as_mut()) {
+                let data = unsafe { d.get_pipeline_cache_data(cache) };
+                lines.push(
+                    data.map_err(Into::into)
+                        .and_then(|data| write_microcode(&data, path))
+                        .unwrap_or_else(|e| format!("no microcode: {e}")),
+                );
+            }
             unsafe { d.destroy_pipeline(p[0], None) };
             lines
         });
         unsafe {
+            d.destroy_pipeline_cache(cache, None);
             d.destroy_shader_module(shader, None);
             d.destroy_pipeline_layout(layout, None);
             for s in set_layouts {
@@ -252,6 +295,25 @@ impl Gpu {
     }
 }
 
+/// Finds the NVuc object in a pipeline cache's data, writes it to `path` and says so.
+fn write_microcode(data: &[u8], path: &Path) -> Res<String> {
+    const ZSTD_FRAME: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    for start in (0..data.len().saturating_sub(3)).filter(|&i| data[i..i + 4] == ZSTD_FRAME) {
+        let mut unpacked = Vec::new();
+        let Ok(mut frame) = ruzstd::decoding::StreamingDecoder::new(&data[start..]) else { continue };
+        if frame.read_to_end(&mut unpacked).is_err() {
+            continue;
+        }
+        // The object follows a short prefix of the driver's ("NVDANVVM" on driver 580).
+        if let Some(at) = unpacked.windows(4).take(16).position(|w| w == b"NVuc") {
+            std::fs::write(path, &unpacked[at..])?;
+            return Ok(format!("microcode {} ({} bytes)", path.display(), unpacked.len() - at));
+        }
+    }
+    Err(format!("none of the {} bytes of the driver's pipeline cache data unpacked to an NVuc object", data.len())
+        .into())
+}
+
 impl Drop for Gpu {
     fn drop(&mut self) {
         unsafe {
@@ -262,6 +324,14 @@ impl Drop for Gpu {
 }
 
 fn main() -> Res<()> {
+    let microcode = match std::env::args().skip(1).collect::<Vec<_>>()[..] {
+        [] => None,
+        [ref flag, ref dir] if flag == "--microcode" => {
+            std::fs::create_dir_all(dir)?;
+            Some(PathBuf::from(dir))
+        }
+        _ => return Err("usage: kernel_stats [--microcode DIR]".into()),
+    };
     // Translated first, so that a broken kernel shows up on any machine.
     let mut translated = Vec::new();
     for k in kernels() {
@@ -270,15 +340,16 @@ fn main() -> Res<()> {
         let shared = parsed.workgroup_bytes[k.entry];
         let label =
             format!("{:<17} {:<16} {:<10} workgroup bytes (naga) {shared:>5},", k.shape, k.family.name(), k.entry);
-        translated.push((k.family, label, translate(&k, &parsed.module)?));
+        let file = microcode.as_ref().map(|dir| dir.join(format!("{}.nvuc", k.file_stem())));
+        translated.push((k.family, label, file, translate(&k, &parsed.module)?));
     }
     let gpu = Gpu::new()?;
     println!("{}: statistics of each kernel as its driver compiled it", gpu.name);
-    for (family, label, spirv) in translated {
+    for (family, label, file, spirv) in translated {
         if family == Family::PreForwardCoop && !gpu.coop {
             continue;
         }
-        match gpu.compile(&spirv) {
+        match gpu.compile(&spirv, file.as_deref()) {
             Ok(lines) => {
                 for line in lines {
                     println!("{label} {line}");
