@@ -275,16 +275,27 @@ fn add_partial(idx: u32, v: f32, is_phi: bool) {
 const CB: u32 = (K / 2u + WG - 1u) / WG;
 
 // Word c of x and the matching word of dh_in for UT tokens from tok0; zeros past t_end, so a
-// padded step multiplies zeros by its zeroed scalars.
+// padded step multiplies zeros by its zeroed scalars. A step whose tokens all exist, nearly
+// every step, loads without a check a token (the branch is the same for the whole workgroup).
 fn load_step(tok0: u32, t_end: u32, c: u32, d0: u32, xs: ptr<function, array<u32, UT>>, gs: ptr<function, array<u32, UT>>) {
+    let xe = tok0 * (K / 2u) + c;
+    let ge = (tok0 * D + d0) / 2u;
+    if (tok0 + UT <= t_end) {
+#unroll j UT
+        {
+            (*xs)[{j}] = xw[xe + {j} * (K / 2u)];
+            (*gs)[{j}] = dhw[ge + {j} * (D / 2u)];
+        }
+#endunroll
+        return;
+    }
 #unroll j UT
     {
-        let tok = tok0 + {j};
         var xv = 0u;
         var gv = 0u;
-        if (tok < t_end) {
-            xv = xw[tok * (K / 2u) + c];
-            gv = dhw[(tok * D + d0) / 2u];
+        if (tok0 + {j} < t_end) {
+            xv = xw[xe + {j} * (K / 2u)];
+            gv = dhw[ge + {j} * (D / 2u)];
         }
         (*xs)[{j}] = xv;
         (*gs)[{j}] = gv;
@@ -334,6 +345,7 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 let words = next_x;
                 let gws = next_g;
                 load_step(tc + u0 + UT, t_end, c, d0, &next_x, &next_g);
+                var res: array<u32, UT>;
 #unroll j UT
                 {
                     let u = u0 + {j};
@@ -355,13 +367,25 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                     let hp = hpre_s[u * N + i];
                     let r0 = dv0 * g0 - coef * v0 + hp * bf16_lo(gws[{j}]);
                     let r1 = dv1 * g1 - coef * v1 + hp * bf16_hi(gws[{j}]);
-                    if (u < cnt) {
-                        dx[(tc + u) * (K / 2u) + c] = pack2(r0, r1);
-                    }
+                    res[{j}] = pack2(r0, r1);
                     ga0 += v0 * dv0;
                     ga1 += v1 * dv1;
                 }
 #endunroll
+                // The step's dx words stored together; only a chunk's last step can hold
+                // tokens past its end, so the others store without a check a token.
+                let out = (tc + u0) * (K / 2u) + c;
+                if (u0 + UT <= cnt) {
+#unroll j UT
+                    dx[out + {j} * (K / 2u)] = res[{j}];
+#endunroll
+                } else {
+#unroll j UT
+                    if (u0 + {j} < cnt) {
+                        dx[out + {j} * (K / 2u)] = res[{j}];
+                    }
+#endunroll
+                }
             }
         }
     }

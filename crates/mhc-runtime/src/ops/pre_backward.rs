@@ -56,8 +56,14 @@ impl PreBackwardOutputs {
     }
 }
 
-/// Workgroups the `cols` pass aims for: enough to fill a large GPU several times over.
-const COLS_TARGET_GROUPS: usize = 1024;
+/// Workgroups the `cols` pass aims for, rounded down to whole token segments: two waves on an
+/// H100 or H200 (3 workgroups of 168 registers an invocation on each of 132 multiprocessors).
+/// A count just past a whole number of waves leaves most of the card idle through a short last
+/// wave, and fewer segments leave `finish` fewer partials. On an H100 (docs/PERFORMANCE.md,
+/// twenty-seventh session) this took mhc_pre backward from 1019 to 980 us at 8192 x 4 x 7168
+/// and from 238 to 234 at 4096 x 4 x 2560, the other bench shapes within 0.1%, against 1024
+/// workgroups or just over.
+const COLS_MAX_GROUPS: usize = 792;
 /// Bytes of dphi partial sums the `cols` pass may keep (one slice per token segment).
 const PARTIALS_BUDGET: u64 = 64 << 20;
 /// Tokens a `cols` segment adds up in plain f32 where its partials are few bytes (`finish`
@@ -143,7 +149,7 @@ pub fn pre_backward_into(
     let max_segs = (PARTIALS_BUDGET.min(ctx.max_binding_size()) / slice_bytes).max(1) as usize;
     let accurate = longest.div_ceil(ACCURATE_SEG_TOKENS);
     let accurate = if accurate as u64 * slice_bytes <= SMALL_PARTIALS { accurate } else { 1 };
-    let n_segs = COLS_TARGET_GROUPS.div_ceil(col_blocks).max(accurate).min(max_segs).min(longest).max(1);
+    let n_segs = (COLS_MAX_GROUPS / col_blocks).max(accurate).min(max_segs).min(longest).max(1);
     if slice_bytes > ctx.max_binding_size() {
         return Err(Error::TooLarge {
             what: "dphi".into(),
