@@ -7,8 +7,9 @@
 // chunk, SPT tokens an invocation, PWG invocations a workgroup and PHL = ceil(M * SC * 2 /
 // PWG), the vec4s of phi an invocation stages a chunk). The VEC4 path also needs TB (tokens a row of
 // invocations), TPL (tokens an invocation) and DS (workgroups a tile's h_in is split over, each
-// a slice of D; the first writes the small outputs; 1 unless SPLIT); the scalar path TB tokens
-// a workgroup, NV = TB * (M + 1) and DS = 1.
+// a slice of D; the first writes the small outputs; 1 unless SPLIT) and flag NEWEST (with
+// SPLIT, `main` may walk h_in newest chunk first); the scalar path TB tokens a workgroup, NV =
+// TB * (M + 1) and DS = 1.
 //
 // gamma is folded into phi beforehand (`fold_gamma`), so the projection reads one matrix; with
 // flag GAMMA (SPLIT only, with PWG a multiple of SC * 2) `project` multiplies phi's chunks by
@@ -352,11 +353,16 @@ fn project(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let w_end = min(W8, c_end * SC);
     var acc: array<f32, SPT * (M + 1u)>;
     var pr: array<vec4<f32>, PHL>;
+    // x's words are loaded two steps ahead: with one, NVIDIA's driver issued the next word's
+    // loads 190 instructions into the step's 508 (docs/PERFORMANCE.md, twenty-eighth
+    // session), which left part of their latency in view at two workgroups an SM.
     var next: array<vec4<u32>, SPT>;
+    var after_next: array<vec4<u32>, SPT>;
     if (c_begin < c_end) {
         phi_chunk(lid, c_begin, &pr);
         store_phi_chunk(lid, 0u, &pr);
         load_x_split(&next, t0 + lid, c_begin * SC, w_end);
+        load_x_split(&after_next, t0 + lid, c_begin * SC + 1u, w_end);
     }
     workgroupBarrier();
     for (var c = c_begin; c < c_end; c++) {
@@ -367,7 +373,8 @@ fn project(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         for (var j = 0u; j < SC; j++) {
             let w = c * SC + j;
             let cur = next;
-            load_x_split(&next, t0 + lid, w + 1u, w_end);
+            next = after_next;
+            load_x_split(&after_next, t0 + lid, w + 2u, w_end);
             var xa: array<vec4<f32>, SPT>;
             var xb: array<vec4<f32>, SPT>;
 #unroll u SPT
@@ -450,6 +457,36 @@ fn sum_at(b: u32, m: u32) -> f32 {
 }
 #endif
 
+#if VEC4
+// Element e of a slice's walk over its tokens' words of h_in: (token of the tile, word of D).
+#if SPLIT
+// `project` reads each split's chunks in order, all splits at once, so the chunks it read
+// last may still be in the L2 when `main` starts. With flag NEWEST, where splits start at
+// rows of x and a slice holds whole splits' columns (the bench shapes), the walk takes the
+// chunks newest first, a chunk (SC words) of every token at a time, so its first reads find
+// them.
+const SPLIT_WORDS: u32 = SC * CPS;
+const NEWEST_FIRST: bool = NEWEST && (D / 8u) % SPLIT_WORDS == 0u && WS % SPLIT_WORDS == 0u;
+// Whole splits' columns a slice holds (at least 1, so the walk not taken still compiles).
+const SLICE_SPLITS: u32 = max(WS / SPLIT_WORDS, 1u);
+
+fn slice_word(e: u32, slice: u32) -> vec2<u32> {
+    if (NEWEST_FIRST) {
+        let word = e % SC;
+        let token = (e / SC) % TW;
+        let rest = e / (SC * TW);
+        let chunk = (rest % SLICE_SPLITS) * CPS + CPS - 1u - rest / SLICE_SPLITS;
+        return vec2<u32>(token, slice * WS + chunk * SC + word);
+    }
+    return vec2<u32>(e / WS, slice * WS + e % WS);
+}
+#else
+fn slice_word(e: u32, slice: u32) -> vec2<u32> {
+    return vec2<u32>(e / WS, slice * WS + e % WS);
+}
+#endif
+#endif
+
 @compute @workgroup_size(WG)
 fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let g = group_index(wid, nwg);
@@ -526,8 +563,9 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     // Pass 2: h_in = sum_i h_pre[i] * x[i, :], this slice's words of it.
 #if VEC4
     for (var e = lid; e < TW * WS; e += WG) {
-        let b = e / WS;
-        let w = slice * WS + e % WS;
+        let bw = slice_word(e, slice);
+        let b = bw.x;
+        let w = bw.y;
         let tok = tok0 + b;
         if (tok < params.t && w < D / 8u) {
             var lo = vec4<f32>(0.0);

@@ -123,6 +123,40 @@ fn pre_forward_split_layouts() {
     assert!(matches!(&err, Error::Param { name, .. } if name == "pre_forward_split"), "{err}");
 }
 
+/// `main`'s walk of h_in newest chunk first, where each split starts a row of x and a slice
+/// of h_in holds whole splits, on a few tokens (a short last tile): the layouts of two bench
+/// shapes (4096 x 4 x 2560: splits of 5 chunks of 16 words, two splits a slice; 16384 x 4 x
+/// 4096: one split a slice) and three splits of 12 chunks of 4 words a slice.
+#[test]
+fn pre_forward_newest_chunks_first() {
+    let layouts = [
+        (
+            Tile { tb: 8, tpl: 2, slices: 2, newest_first: true },
+            SplitTile { splits: 16, chunk_words: 16, tokens_per_invocation: 2, invocations: 128, split_major: true },
+            2560,
+        ),
+        (
+            Tile { tb: 32, tpl: 2, slices: 2, newest_first: true },
+            SplitTile { splits: 8, chunk_words: 16, tokens_per_invocation: 4, invocations: 128, split_major: true },
+            4096,
+        ),
+        (
+            Tile { tb: 4, tpl: 2, slices: 1, newest_first: true },
+            SplitTile { splits: 12, chunk_words: 4, tokens_per_invocation: 2, invocations: 64, split_major: true },
+            1152,
+        ),
+    ];
+    for (tile, split, d) in layouts {
+        let ctx = Context::with_options(ContextOptions {
+            pre_forward_tile: Some(tile),
+            pre_forward_split: Some(PreSplit::Tile(split)),
+            ..Default::default()
+        })
+        .unwrap();
+        run_pre_forward(&ctx, 37, 4, d, true, None);
+    }
+}
+
 /// Decoding shapes take the default layout for few tokens: `project` over up to 256 splits of
 /// K, and each tile's h_in split over several workgroups (D >= 512), also over token chunks
 /// and 2D grids; past 64 tiles, 2 workgroups a tile.
@@ -157,9 +191,10 @@ fn pre_forward_with_shader_checks() {
 #[test]
 fn pre_forward_tiles() {
     for split in [None, Some(PreSplit::Off)] {
-        for (tb, tpl, slices) in [(8, 1, 1), (16, 2, 3), (32, 2, 1), (4, 3, 7)] {
+        for (tb, tpl, slices, newest_first) in [(8, 1, 1, true), (16, 2, 3, false), (32, 2, 1, false), (4, 3, 7, true)]
+        {
             let opts = ContextOptions {
-                pre_forward_tile: Some(Tile { tb, tpl, slices }),
+                pre_forward_tile: Some(Tile { tb, tpl, slices, newest_first }),
                 pre_forward_split: split,
                 ..Default::default()
             };

@@ -524,7 +524,8 @@ fn columns_from_env() -> Result<Option<u32>> {
 }
 
 /// `MHC_PRE_TILE=tb,tpl[,slices]`: tb tokens a row of invocations (a power of two up to 256),
-/// tpl tokens an invocation (1 to 8), slices workgroups a tile's h_in (1 to 1024; default 1).
+/// tpl tokens an invocation (1 to 8), slices workgroups a tile's h_in (1 to 1024; default 1);
+/// `main` walks h_in newest chunk first where the projection's layout allows.
 fn tile_from_env() -> Result<Option<Tile>> {
     let Ok(v) = std::env::var("MHC_PRE_TILE") else { return Ok(None) };
     let bad = || {
@@ -540,7 +541,7 @@ fn tile_from_env() -> Result<Option<Tile>> {
         _ => return Err(bad()),
     };
     if tb.is_power_of_two() && tb <= 256 && (1..=8).contains(&tpl) && (1..=1024).contains(&slices) {
-        Ok(Some(Tile { tb, tpl, slices }))
+        Ok(Some(Tile { tb, tpl, slices, newest_first: true }))
     } else {
         Err(bad())
     }

@@ -61,7 +61,20 @@ pub struct Tile {
     pub tpl: u32,
     /// Workgroups a tile's h_in is split over (projection over splits of K only).
     pub slices: u32,
+    /// `main` walks its slice of h_in a chunk of `project`'s at a time, in the reverse of the
+    /// order `project` read them, where the splits of K start at rows of x and a slice holds
+    /// whole splits (otherwise row by row): its first reads of x then find in the L2 what
+    /// `project` read last.
+    pub newest_first: bool,
 }
+
+/// The most bytes of x for which [`Tile::for_tokens`] has `main` walk h_in newest chunk
+/// first. On an H100 (50 MB of L2; call 119 of docs/bench/h200-device-bench.log, n = 4)
+/// that took `main` from 48.5 to 45.7 us at 4096 x 2560 (84 MB of x) and from 88.9 to 83.0
+/// at 8192 x 2560 (168 MB), but from 235.2 to 239.5 at 16384 x 4096 (537 MB) and from 206.2
+/// to 207.5 at 8192 x 7168 (470 MB), where little of x stays in the L2 and the walk's shorter
+/// runs of each row cost more than it finds there.
+const NEWEST_FIRST_MAX_X_BYTES: usize = 256 << 20;
 
 impl Tile {
     /// The default for `tokens` tokens of `n` streams of width `d`: two tokens an invocation
@@ -71,14 +84,15 @@ impl Tile {
     /// than 1 at the four bench shapes there, 1.2-2.9% with the fused Sinkhorn), and where
     /// there are few tiles (decoding) over up to 128 / tiles, so that it is not one
     /// workgroup's serial walk over its tokens' rows; a slice has at least 32 words of 8
-    /// columns.
+    /// columns. `main` walks h_in newest chunk first where x is at most 256 MiB.
     pub fn for_tokens(n: u32, d: u32, tokens: usize) -> Tile {
         let tpl = if m_of(n) <= 24 { 2 } else { 1 };
         let rows = |tb: u32| tokens / (tb * tpl) as usize;
         let tb = [32, 16].into_iter().find(|&tb| rows(tb) >= 256).unwrap_or(8);
         let tiles = tokens.div_ceil((tb * tpl) as usize).max(1);
         let slices = (128 / tiles as u32).max(2).min((d / 256).max(1));
-        Tile { tb, tpl, slices }
+        let newest_first = tokens.saturating_mul((2 * n * d) as usize) <= NEWEST_FIRST_MAX_X_BYTES;
+        Tile { tb, tpl, slices, newest_first }
     }
 }
 
@@ -152,7 +166,11 @@ pub fn pre_forward(
     if d.is_multiple_of(8) {
         // block_reduce is not used on this path; NV only sizes its (unused) arrays.
         let slices = if matches!(projection, Projection::Split(_)) { tile.slices.max(1) } else { 1 };
-        with_reduction(spec, m_of(n) + 1).with("TB", tile.tb).with("TPL", tile.tpl).with("DS", slices)
+        with_reduction(spec, m_of(n) + 1)
+            .with("TB", tile.tb)
+            .with("TPL", tile.tpl)
+            .with("DS", slices)
+            .flag("NEWEST", tile.newest_first)
     } else {
         let tb = tokens_per_group(m_of(n) + 1, 100);
         with_reduction(spec, tb * (m_of(n) + 1)).with("TB", tb).with("DS", 1)

@@ -26,7 +26,15 @@ fn specs(family: Family) -> Vec<Spec> {
                         ]
                         .into_iter()
                         .filter_map(|(s, g, tb, tpl, p)| {
-                            Some(mhc_wgsl::pre_forward(n, d, s, g, t, mhc_wgsl::Tile { tb, tpl, slices: 3 }, p?))
+                            Some(mhc_wgsl::pre_forward(
+                                n,
+                                d,
+                                s,
+                                g,
+                                t,
+                                mhc_wgsl::Tile { tb, tpl, slices: 3, newest_first: g },
+                                p?,
+                            ))
                         })
                         .collect()
                     }
