@@ -474,8 +474,10 @@ fn slice_word(e: u32, slice: u32) -> vec2<u32> {
     if (NEWEST_FIRST) {
         let word = e % SC;
         let token = (e / SC) % TW;
-        let rest = e / (SC * TW);
-        let chunk = (rest % SLICE_SPLITS) * CPS + CPS - 1u - rest / SLICE_SPLITS;
+        // The slice's chunks in turn: the last chunk of each of its splits, then the ones
+        // before them.
+        let turn = e / (SC * TW);
+        let chunk = (turn % SLICE_SPLITS) * CPS + CPS - 1u - turn / SLICE_SPLITS;
         return vec2<u32>(token, slice * WS + chunk * SC + word);
     }
     return vec2<u32>(e / WS, slice * WS + e % WS);
