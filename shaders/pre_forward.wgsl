@@ -458,7 +458,6 @@ fn sum_at(b: u32, m: u32) -> f32 {
 #endif
 
 #if VEC4
-// Element e of a slice's walk over its tokens' words of h_in: (token of the tile, word of D).
 #if SPLIT
 // `project` reads each split's chunks in order, all splits at once, so the chunks it read
 // last may still be in the L2 when `main` starts. With flag NEWEST, where splits start at
@@ -469,8 +468,11 @@ const SPLIT_WORDS: u32 = SC * CPS;
 const NEWEST_FIRST: bool = NEWEST && (D / 8u) % SPLIT_WORDS == 0u && WS % SPLIT_WORDS == 0u;
 // Whole splits' columns a slice holds (at least 1, so the walk not taken still compiles).
 const SLICE_SPLITS: u32 = max(WS / SPLIT_WORDS, 1u);
+#endif
 
+// Element e of a slice's walk over its tokens' words of h_in: (token of the tile, word of D).
 fn slice_word(e: u32, slice: u32) -> vec2<u32> {
+#if SPLIT
     if (NEWEST_FIRST) {
         let word = e % SC;
         let token = (e / SC) % TW;
@@ -480,13 +482,9 @@ fn slice_word(e: u32, slice: u32) -> vec2<u32> {
         let chunk = (turn % SLICE_SPLITS) * CPS + CPS - 1u - turn / SLICE_SPLITS;
         return vec2<u32>(token, slice * WS + chunk * SC + word);
     }
-    return vec2<u32>(e / WS, slice * WS + e % WS);
-}
-#else
-fn slice_word(e: u32, slice: u32) -> vec2<u32> {
-    return vec2<u32>(e / WS, slice * WS + e % WS);
-}
 #endif
+    return vec2<u32>(e / WS, slice * WS + e % WS);
+}
 #endif
 
 @compute @workgroup_size(WG)

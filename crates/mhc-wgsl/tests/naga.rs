@@ -32,6 +32,7 @@ fn specs(family: Family) -> Vec<Spec> {
                                 s,
                                 g,
                                 t,
+                                // Both of `main`'s walks, on the rows with and without gamma.
                                 mhc_wgsl::Tile { tb, tpl, slices: 3, newest_first: g },
                                 p?,
                             ))
