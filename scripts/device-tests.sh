@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine: runs test binaries (built here with `cargo test --release --no-run`
 # and carried) RUNS times each, in turn, and catches a run that stops making progress: the
-# driver deadlock of the sixteenth session (docs/PERFORMANCE.md) showed only as a binary
+# driver deadlock of the sixteenth session (docs/perf-history.md) showed only as a binary
 # that never ended. A run still going after HANG_S seconds (default 40; the suites take 3-12 s
 # on an H200) is reported with its threads' backtraces when gdb is carried (GDB_TAR: a
 # tar.xz of `g/` (gdb, its libraries and ld-linux), `py/` (PYTHONHOME) and `gdbdata/`), then

@@ -257,7 +257,7 @@ fn gamma_at(k: u32) -> f32 {
 
 // The partial is read only when a later token chunk adds to it: a `select` reads both of its
 // sides, and that read of partials never used made `cols` 33-54 us slower at the bench shapes
-// on an H200 (docs/PERFORMANCE.md, fifteenth session).
+// on an H200 (docs/perf-history.md, fifteenth session).
 fn add_partial(idx: u32, v: f32, is_phi: bool) {
     var s = v;
     if (params.accumulate != 0u) {

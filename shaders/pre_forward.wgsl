@@ -354,7 +354,7 @@ fn project(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     var acc: array<f32, SPT * (M + 1u)>;
     var pr: array<vec4<f32>, PHL>;
     // x's words are loaded two steps ahead: with one, NVIDIA's driver issued the next word's
-    // loads 190 instructions into the step's 508 (docs/PERFORMANCE.md, twenty-eighth
+    // loads 190 instructions into the step's 508 (docs/perf-history.md, twenty-eighth
     // session), which left part of their latency in view at two workgroups an SM.
     var next: array<vec4<u32>, SPT>;
     var after_next: array<vec4<u32>, SPT>;
@@ -404,7 +404,7 @@ fn project(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     // Split-major ([split][M + 1][token] within the dispatch's rows), each store of a subgroup
     // is one contiguous run; token-major ([token][split][M + 1]), every lane's store hits its
     // own cache sector, which cost `project` 21-41 us at the bench shapes on an H200
-    // (docs/PERFORMANCE.md, the thirteenth session's changes).
+    // (docs/perf-history.md, the thirteenth session's changes).
 #unroll u SPT
     {
         let tok = t0 + lid + {u} * PWG;

@@ -472,7 +472,7 @@ fn pre_forward_reuses_scratch_across_shapes() {
 /// Contexts made and dropped on several threads while others run operators: on an H200
 /// (NVIDIA 580) a context's drop that destroyed its own device, beside other threads'
 /// submits and pipeline builds, deadlocked the driver, and threads enumerating the shared
-/// instance's adapters at once crashed it (docs/PERFORMANCE.md, sixteenth and seventeenth
+/// instance's adapters at once crashed it (docs/perf-history.md, sixteenth and seventeenth
 /// sessions). The threads start together, so their first contexts are asked for at once.
 /// Every result is still checked against the golden math.
 #[test]

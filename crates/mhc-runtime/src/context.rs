@@ -176,7 +176,7 @@ const STORAGE_BUFFERS_NEEDED: u32 = 10;
 /// threads submitted work. Kept for the process, so no context's drop tears an instance down
 /// and each context is spared the driver's start-up. Locked, because the same driver crashed
 /// (a segmentation fault inside it) when several threads enumerated the one instance's
-/// physical devices at once (docs/PERFORMANCE.md, sixteenth and seventeenth sessions).
+/// physical devices at once (docs/perf-history.md, sixteenth and seventeenth sessions).
 fn instance() -> MutexGuard<'static, wgpu::Instance> {
     static INSTANCE: OnceLock<Mutex<wgpu::Instance>> = OnceLock::new();
     INSTANCE
@@ -218,7 +218,7 @@ fn watch_lost(device: &wgpu::Device) -> Arc<Mutex<Option<String>>> {
 /// shares, made on first use and kept for the process, unless it was lost. Contexts are then
 /// cheap, and no context's drop destroys a device: on an H200 (NVIDIA 580) destroying one
 /// device while other threads created pipelines or submitted on another deadlocked the driver
-/// (docs/PERFORMANCE.md, sixteenth session). Devices are made one at a time.
+/// (docs/perf-history.md, sixteenth session). Devices are made one at a time.
 fn shared_device(adapter: &wgpu::Adapter, coop: bool) -> Result<DeviceQueue> {
     type Key = (String, u32, u32, wgpu::Backend, bool);
     static DEVICES: OnceLock<Mutex<HashMap<Key, DeviceQueue>>> = OnceLock::new();

@@ -79,7 +79,7 @@ const NEWEST_FIRST_MAX_X_BYTES: usize = 256 << 20;
 impl Tile {
     /// The default for `tokens` tokens of `n` streams of width `d`: two tokens an invocation
     /// where the sums fit in registers; the widest rows (8, 16 or 32 tokens) that still leave
-    /// 256 workgroups. On an H200 (docs/PERFORMANCE.md) 8 timed best at 4096 tokens, 16 at
+    /// 256 workgroups. On an H200 (docs/perf-history.md) 8 timed best at 4096 tokens, 16 at
     /// 8192 and 32 at 16384. Each tile's h_in is split over 2 workgroups (0.8-1.6% faster
     /// than 1 at the four bench shapes there, 1.2-2.9% with the fused Sinkhorn), and where
     /// there are few tiles (decoding) over up to 128 / tiles, so that it is not one
@@ -361,7 +361,7 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
         .with("HL", (cht * n).div_ceil(wg))
         // Tokens a step of `cols`, their loads issued together. On an H200 one token a step
         // left `cols` waiting on memory latency; 2, 4 and 8 took pre backward at 16384/4096
-        // from 2300 us to 2104, 1765 and 1529 us (docs/PERFORMANCE.md).
+        // from 2300 us to 2104, 1765 and 1529 us (docs/perf-history.md).
         .with("UT", 8)
         .with("TV", (m_of(n) + 4) / 4)
         .flag("HAS_GAMMA", has_gamma)
@@ -370,7 +370,7 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
 }
 
 /// Below this many elements of x (tokens x D), mhc_post forward's vector path takes 4 columns
-/// an invocation instead of 8. On an H200 (docs/PERFORMANCE.md) 4 columns took 4096 x 2560
+/// an invocation instead of 8. On an H200 (docs/perf-history.md) 4 columns took 4096 x 2560
 /// from 52.6-52.9 to 51.4-51.8 us and 8192 x 2560 from 96.2 to 95.2, and cost 3 and 5 us at
 /// 16384 x 4096 and 8192 x 7168 (287 -> 290, 252 -> 257). Why was not measured; a likely
 /// part is the pass's end, where smaller invocations leave fewer bytes in flight to drain.
@@ -406,7 +406,7 @@ pub fn post_forward(n: u32, d: u32, columns: u32, target: Target) -> Spec {
 /// mhc_post backward. It reduces N + NN sums a token over its workgroup: one token to a
 /// workgroup of 64 invocations gives each a few column blocks to amortise that reduction over
 /// and keeps its registers few. On an H200 this took it from 2.6x its memory floor (256
-/// invocations, 3 tokens) to 1.1-1.5x (docs/PERFORMANCE.md).
+/// invocations, 3 tokens) to 1.1-1.5x (docs/perf-history.md).
 pub fn post_backward(n: u32, d: u32, target: Target) -> Spec {
     post_base(n, d, 64, target).flag("NARROW", false).with("CPI", if d.is_multiple_of(8) { 8 } else { 1 })
 }

@@ -59,7 +59,7 @@ impl PreBackwardOutputs {
 /// Workgroups the `cols` pass aims for, rounded down to whole token segments: two waves on an
 /// H100 or H200 (3 workgroups of 168 registers an invocation on each of 132 multiprocessors).
 /// A count just past a whole number of waves leaves most of the card idle through a short last
-/// wave, and fewer segments leave `finish` fewer partials. On an H100 (docs/PERFORMANCE.md,
+/// wave, and fewer segments leave `finish` fewer partials. On an H100 (docs/perf-history.md,
 /// twenty-seventh session) this took mhc_pre backward from 1019 to 980 us at 8192 x 4 x 7168
 /// and from 238 to 234 at 4096 x 4 x 2560, the other bench shapes within 0.1%, against 1024
 /// workgroups or just over.
