@@ -353,9 +353,10 @@ fn project(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let w_end = min(W8, c_end * SC);
     var acc: array<f32, SPT * (M + 1u)>;
     var pr: array<vec4<f32>, PHL>;
-    // x's words are loaded two steps ahead: with one, NVIDIA's driver issued the next word's
-    // loads 190 instructions into the step's 508 (docs/perf-history.md, twenty-eighth
-    // session), which left part of their latency in view at two workgroups an SM.
+    // x's words are loaded two steps ahead (0-1.5% less time for `project` than one ahead on an
+    // H100, docs/perf-history.md, twenty-eighth session). Not for a longer wait: NVIDIA's
+    // driver copies the words just loaded into the next step's registers at the end of each
+    // step, so a load has until then to land, either way (twenty-ninth session).
     var next: array<vec4<u32>, SPT>;
     var after_next: array<vec4<u32>, SPT>;
     if (c_begin < c_end) {
