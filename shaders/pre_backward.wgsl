@@ -139,7 +139,12 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 #unroll r NN
         dres[{r}] = dh_res[tok * NN + {r}];
 #endunroll
-        var dinv = 0.0;
+        // Every product below pairs a factor that grows with x's scale with one that shrinks
+        // with it, or two near 1: g and h_mix grow with x, inv_rms shrinks, and t = h_mix *
+        // inv_rms and dh_mix = g * inv_rms stay near 1. g * h_mix passed f32's range from |x|
+        // of about 2^64; inv_rms^2, which NVIDIA's compiler formed from `d * inv * inv`, fell
+        // under it at 2^90. dinv_n = dinv_rms * inv_rms^2 = the sum of dh_mix * t.
+        var dinv_n = 0.0;
         var da = vec3<f32>(0.0);
 #unroll i N
         {
@@ -147,13 +152,15 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
             let dpre2 = red_total[b * N + {i}] * s * (1.0 - s);
             let hp = hpost[{i}];
             let dpost2 = dpost[{i}] * hp * (1.0 - hp / params.post_mult);
-            let g_pre = al.x * dpre2;
-            let g_post = al.y * dpost2;
-            tok_data[tok * (M + 1u) + {i}] = g_pre * inv;
-            tok_data[tok * (M + 1u) + N + {i}] = g_post * inv;
-            dinv += g_pre * hm[{i}] + g_post * hm[N + {i}];
-            da.x += dpre2 * hm[{i}] * inv;
-            da.y += dpost2 * hm[N + {i}] * inv;
+            let dm_pre = al.x * dpre2 * inv;
+            let dm_post = al.y * dpost2 * inv;
+            let t_pre = hm[{i}] * inv;
+            let t_post = hm[N + {i}] * inv;
+            tok_data[tok * (M + 1u) + {i}] = dm_pre;
+            tok_data[tok * (M + 1u) + N + {i}] = dm_post;
+            dinv_n += dm_pre * t_pre + dm_post * t_post;
+            da.x += dpre2 * t_pre;
+            da.y += dpost2 * t_post;
             contrib[c + {i}] = dpre2;
             contrib[c + N + {i}] = dpost2;
         }
@@ -161,14 +168,16 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 #unroll r NN
         {
             let dr = dres[{r}];
-            let g = al.z * dr;
-            tok_data[tok * (M + 1u) + 2u * N + {r}] = g * inv;
-            dinv += g * hm[2u * N + {r}];
-            da.z += dr * hm[2u * N + {r}] * inv;
+            let dm = al.z * dr * inv;
+            let t_res = hm[2u * N + {r}] * inv;
+            tok_data[tok * (M + 1u) + 2u * N + {r}] = dm;
+            dinv_n += dm * t_res;
+            da.z += dr * t_res;
             contrib[c + 2u * N + {r}] = dr;
         }
 #endunroll
-        tok_data[tok * (M + 1u) + M] = dinv * inv * inv * inv / f32(K);
+        // coef = dinv_rms * inv_rms^3 / K.
+        tok_data[tok * (M + 1u) + M] = dinv_n * inv / f32(K);
         contrib[c + M] = da.x;
         contrib[c + M + 1u] = da.y;
         contrib[c + M + 2u] = da.z;

@@ -13,7 +13,8 @@
 //
 // gamma is folded into phi beforehand (`fold_gamma`), so the projection reads one matrix; with
 // flag GAMMA (SPLIT only, with PWG a multiple of SC * 2) `project` multiplies phi's chunks by
-// gamma as it stores them to shared memory instead, and no fold runs.
+// gamma as it stores them to shared memory instead (and `main`, where it sums a token again,
+// multiplies by gamma too), and no fold runs.
 // Pass 1 reads x once: the RMS and the M dot products with phi. The gates follow, one
 // invocation per (token, output). Pass 2 reads x again for h_in = sum_i h_pre[i] * x[i, :].
 
@@ -189,6 +190,18 @@ fn projections(lane: Lane, tok0: u32) {
 
 fn sum_at(b: u32, m: u32) -> f32 {
     return sums[b * (M + 1u) + m];
+}
+
+fn set_sum(b: u32, m: u32, v: f32) {
+    sums[b * (M + 1u) + m] = v;
+}
+
+fn x_at(e: u32) -> f32 {
+    return bf16_at(x[e / 8u][(e / 2u) % 4u], e);
+}
+
+fn phi_at(e: u32) -> f32 {
+    return phi[e / 4u][e % 4u];
 }
 
 #if COOP
@@ -456,7 +469,96 @@ fn projections(lane: Lane, tok0: u32) {
 fn sum_at(b: u32, m: u32) -> f32 {
     return red_total[b * (M + 1u) + m];
 }
+
+fn set_sum(b: u32, m: u32, v: f32) {
+    red_total[b * (M + 1u) + m] = v;
+}
+
+fn phi_at(e: u32) -> f32 {
+    return phi[e];
+}
 #endif
+
+// A token whose x is so large that its sum of squares passes f32's range (|x| above about
+// 2^64 / sqrt(K)) would get inv_rms = 0, and gates from the bias alone. Its sums are taken
+// again from x * RESCALE: |x * RESCALE| < 2^32 for any finite bf16, so they stay finite; its
+// scaled sum of squares is at least 2^-64, and the squares that flush to zero (each under
+// 2^-126) add less than K * 2^-62 of it. The gates use the scaled sums; h_mix and inv_rms are
+// scaled back as they are stored. Other tokens keep x_scale = 1, which changes none of their
+// bits. Rare by nature, so the rescue favours little workgroup memory over speed.
+const RESCALE: f32 = 0x1p-96f;
+const UNSCALE: f32 = 0x1p96f;
+var<workgroup> x_scale: array<f32, TW>;
+var<workgroup> overflowed: atomic<u32>;
+var<workgroup> resum_part: array<f32, 32>;
+
+fn finite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+// Sum m of token b: every invocation's v added over the workgroup in a fixed order. The
+// invocations with the same lid % 32 add into one of 32 floats in turn, then a tree: 32
+// floats, since a tree through WG floats (1 KB more of workgroup memory) made mhc_pre forward
+// with the fused Sinkhorn 3.6% slower at 16384 x 4 x 4096 on an H100 (docs/perf-history.md,
+// thirty-first session).
+const_assert WG % 32u == 0u;
+fn store_resum(lid: u32, b: u32, m: u32, v: f32) {
+    for (var r = 0u; r < WG / 32u; r++) {
+        if (lid / 32u == r) {
+            resum_part[lid % 32u] = select(resum_part[lid % 32u] + v, v, r == 0u);
+        }
+        workgroupBarrier();
+    }
+    for (var stride = 16u; stride > 0u; stride >>= 1u) {
+        if (lid < stride) {
+            resum_part[lid] += resum_part[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        set_sum(b, m, resum_part[0]);
+    }
+}
+
+fn gamma_phi(m: u32, k: u32) -> f32 {
+#if GAMMA
+    return phi_at(m * K + k) * gamma[k];
+#else
+    return phi_at(m * K + k);
+#endif
+}
+
+fn rescale_overflowed(lid: u32, tok0: u32) {
+    for (var b = lid; b < TW; b += WG) {
+        let over = tok0 + b < params.t && !finite(sum_at(b, M));
+        x_scale[b] = select(1.0, RESCALE, over);
+        if (over) {
+            atomicOr(&overflowed, 1u);
+        }
+    }
+    if (workgroupUniformLoad(&overflowed) == 0u) {
+        return;
+    }
+    for (var b = 0u; b < TW; b++) {
+        if (workgroupUniformLoad(&x_scale[b]) == 1.0) {
+            continue;
+        }
+        let row = (tok0 + b) * K;
+        for (var m = 0u; m <= M; m++) {
+            var s = 0.0;
+            for (var k = lid; k < K; k += WG) {
+                let v = x_at(row + k) * RESCALE;
+                if (m < M) {
+                    s = fma(v, gamma_phi(m, k), s);
+                } else {
+                    s = fma(v, v, s);
+                }
+            }
+            store_resum(lid, b, m, s);
+        }
+    }
+    workgroupBarrier();
+}
 
 #if VEC4
 #if SPLIT
@@ -508,6 +610,7 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     projections(lane, tok0);
 #endif
 #endif
+    rescale_overflowed(lid, tok0);
 
     // Gates, one invocation per (token, output).
     for (var e = lid; e < TW * M; e += WG) {
@@ -515,7 +618,8 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         let m = e % M;
         let tok = tok0 + b;
         if (tok < params.t) {
-            let inv = 1.0 / sqrt(sum_at(b, M) / f32(K) + params.norm_eps);
+            let sc = x_scale[b];
+            let inv = 1.0 / sqrt(sum_at(b, M) / f32(K) + params.norm_eps * sc * sc);
             let hm = sum_at(b, m);
             let tv = hm * inv;
             if (m < N) {
@@ -526,9 +630,9 @@ fn main(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
                 }
             }
             if (writes) {
-                h_mix[tok * M + m] = hm;
+                h_mix[tok * M + m] = select(hm, hm * UNSCALE, sc != 1.0);
                 if (m == 0u) {
-                    inv_rms[tok] = inv;
+                    inv_rms[tok] = inv * sc;
                 }
                 if (m >= N && m < 2u * N) {
                     h_post[tok * N + m - N] = params.post_mult * sigmoid(alpha[1] * tv + bias[m]);

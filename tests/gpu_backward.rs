@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use mhc::core::accuracy::Tolerance;
-use mhc::core::golden::{PreSaved, post_backward_f64, pre_backward_f64, sinkhorn_backward_f64, sinkhorn_forward_f64};
+use mhc::core::golden::{
+    PreSaved, post_backward_f64, pre_backward_f64, pre_forward, sinkhorn_backward_f64, sinkhorn_forward_f64,
+};
 use mhc::core::random::{PostInputs, PreBackwardData, TensorRng, seed_from_env};
 use mhc::core::{Dims, HostTensor, PostForwardInputs, PreBackwardInputs, PreForwardInputs, PreParams, SinkhornParams};
 use mhc::runtime::{Context, ContextOptions, GpuTensor, ops};
@@ -53,10 +55,20 @@ impl PreBackwardGpu {
 }
 
 fn run_pre_backward(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool) {
+    run_pre_backward_scaled(ctx, t, n, d, gamma, &[0]);
+}
+
+/// mhc_pre backward on random inputs whose tokens of x are scaled by 2^exps (see
+/// `scale_tokens`), with the golden forward's outputs for those x.
+fn run_pre_backward_scaled(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool, exps: &[i32]) {
     let seed = seed_from_env();
     let dims = Dims::new(t, n, d).unwrap();
     let p = PreParams { post_mult: 1.5, hc_eps: 1e-3, ..Default::default() };
-    let h = PreBackwardData::random(&mut TensorRng::new(seed), &dims, gamma, &p);
+    let mut h = PreBackwardData::random(&mut TensorRng::new(seed), &dims, gamma, &p);
+    if exps != [0] {
+        h.fwd.x = scale_tokens(&h.fwd.x, exps);
+        h.saved = pre_forward(&h.fwd.inputs(), &p).unwrap();
+    }
     let g = PreBackwardGpu::upload(ctx, &h);
     let out = ops::PreBackwardOutputs::zeros(ctx, &dims).unwrap();
     poison(ctx, &[&out.dx, &out.dphi, &out.dalpha, &out.dbias, &out.dgamma]);
@@ -94,6 +106,17 @@ fn pre_backward_matches_golden_over_shapes() {
     }
     run_pre_backward(ctx(), 1, 4, 64, true);
     run_pre_backward(ctx(), 300, 4, 64, false);
+}
+
+/// Tokens from 2^-30 to 2^100 times the usual in one workgroup: the token scalars of `rows`
+/// (dinv_rms, dalpha's terms) are products of h_mix, which grows with x, and of the output
+/// gradients scaled by inv_rms, which shrinks with it; taken in the wrong order they passed
+/// f32's range from |x| of about 2^64.
+#[test]
+fn pre_backward_extreme_magnitudes() {
+    let exps = [0, 90, -30, 64, 100, 40];
+    run_pre_backward_scaled(ctx(), 30, 4, 64, true, &exps);
+    run_pre_backward_scaled(ctx(), 7, 2, 5, false, &exps);
 }
 
 /// K = 8192 gives `cols` 32 column blocks, so 32 segments of 66 tokens: a whole staged chunk

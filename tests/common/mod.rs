@@ -113,6 +113,25 @@ pub fn f32_of(t: &HostTensor) -> Vec<f64> {
     t.to_f64()
 }
 
+/// `x` with token t's values scaled by 2^exps[t % exps.len()]: exact in bf16, so the golden
+/// math sees the same values.
+pub fn scale_tokens(x: &HostTensor, exps: &[i32]) -> HostTensor {
+    let per_token: usize = x.shape()[1..].iter().product();
+    let v: Vec<f32> =
+        x.to_f64().iter().enumerate().map(|(e, &v)| (v * 2f64.powi(exps[e / per_token % exps.len()])) as f32).collect();
+    HostTensor::bf16_from_f32(x.shape_vec(), &v).unwrap()
+}
+
+/// mhc_pre forward on fresh random inputs whose tokens are scaled by 2^exps (see
+/// [`scale_tokens`]).
+pub fn run_pre_forward_scaled(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool, exps: &[i32]) {
+    let seed = seed_from_env();
+    let dims = Dims::new(t, n, d).unwrap();
+    let mut host = PreInputs::random(&mut TensorRng::new(seed), &dims, gamma);
+    host.x = scale_tokens(&host.x, exps);
+    check_pre_forward(ctx, &dims, &host, None, seed);
+}
+
 /// Runs mhc_pre forward on `host` (outputs poisoned first) and checks every output against
 /// the golden math.
 pub fn check_pre_forward(ctx: &Context, dims: &Dims, host: &PreInputs, sinkhorn: Option<SinkhornParams>, seed: u64) {

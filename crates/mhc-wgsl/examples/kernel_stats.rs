@@ -84,6 +84,8 @@ fn kernels() -> Vec<Kernel> {
         let gamma = mhc_wgsl::gamma_in_project(t);
         let pre = mhc_wgsl::pre_forward(n, d, false, gamma, target, tile, Projection::Split(split));
         add(&shape, Family::PreForward, &["fold_gamma", "project", "main"], pre);
+        let fused = mhc_wgsl::pre_forward(n, d, true, gamma, target, tile, Projection::Split(split));
+        add(&format!("{shape} sinkhorn"), Family::PreForward, &["main"], fused);
         add(&shape, Family::PreBackward, &["rows", "cols", "finish"], mhc_wgsl::pre_backward(n, d, true, target));
         add(
             &shape,

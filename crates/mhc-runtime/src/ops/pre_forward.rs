@@ -189,10 +189,11 @@ pub fn pre_forward_into(
         )),
         None => None,
     };
-    let mut whole = vec![(3, inp.alpha), (4, inp.bias)];
-    // `main` reads phi unless `project` does its projection.
-    if split.is_none() {
-        whole.push((2, phi));
+    // `main` reads phi (and gamma, where `project` applies it) for its projection, or,
+    // after `project`'s, only to sum again a token whose sum of squares overflowed.
+    let mut whole = vec![(2, phi), (3, inp.alpha), (4, inp.bias)];
+    if let Some(g) = inp.gamma.filter(|_| gamma_in_project) {
+        whole.push((14, g));
     }
     if let Some(c) = &coop {
         rows.push((16, &c.part, "projection partials"));
