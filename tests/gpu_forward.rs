@@ -212,22 +212,26 @@ fn pre_forward_tiles() {
     run_pre_forward(&Context::with_options(in_main).unwrap(), 700, 4, 64, true, None);
 }
 
-/// Tokens of every magnitude in one tile, from 2^-40 to 2^120 times the usual: where a
-/// token's sum of squares passes f32's range (|x| above about 2^64 / sqrt(K)) its sums are
-/// taken again from scaled x, not turned into inv_rms = 0 and gates from the bias alone. On
-/// the split projection (with gamma in `project` and folded), in `main`, on the scalar path
-/// and for a decoded token.
+/// Tokens of every magnitude in one tile, from 2^-120 to 2^120 times the usual, with the
+/// default norm_eps and with none: a token whose sum of squares leaves f32's range (above:
+/// |x| over about 2^64 / sqrt(K); below: mean(x^2) + norm_eps under 2^-100) has its sums
+/// taken again from scaled x, instead of gates from inv_rms = 0 or infinite. On the split
+/// projection (with gamma in `project` and folded), the scalar path, a decoded token and the
+/// projection in `main`.
 #[test]
 fn pre_forward_extreme_magnitudes() {
-    let exps = [0, 100, -40, 70, 120, 20, 64];
-    run_pre_forward_scaled(ctx(), 45, 4, 64, true, &exps);
-    run_pre_forward_scaled(ctx(), 300, 2, 256, false, &exps);
-    run_pre_forward_scaled(ctx(), 8200, 1, 8, true, &exps);
-    run_pre_forward_scaled(ctx(), 13, 3, 7, true, &exps);
-    run_pre_forward_scaled(ctx(), 1, 8, 40, true, &[90]);
+    let exps = [0, 100, -60, 70, 120, -120, 20, 64, -100];
     let in_main =
-        Context::with_options(ContextOptions { pre_forward_split: Some(PreSplit::Off), ..Default::default() });
-    run_pre_forward_scaled(&in_main.unwrap(), 37, 4, 64, true, &exps);
+        Context::with_options(ContextOptions { pre_forward_split: Some(PreSplit::Off), ..Default::default() }).unwrap();
+    for p in [PRE_PARAMS, PreParams { norm_eps: 0.0, ..PRE_PARAMS }] {
+        run_pre_forward_scaled(ctx(), 45, 4, 64, true, &exps, &p);
+        run_pre_forward_scaled(ctx(), 300, 2, 256, false, &exps, &p);
+        run_pre_forward_scaled(ctx(), 8200, 1, 8, true, &exps, &p);
+        run_pre_forward_scaled(ctx(), 13, 3, 7, true, &exps, &p);
+        run_pre_forward_scaled(ctx(), 1, 8, 40, true, &[90], &p);
+        run_pre_forward_scaled(ctx(), 1, 8, 40, true, &[-90], &p);
+        run_pre_forward_scaled(&in_main, 37, 4, 64, true, &exps, &p);
+    }
 }
 
 #[test]

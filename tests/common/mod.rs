@@ -113,30 +113,43 @@ pub fn f32_of(t: &HostTensor) -> Vec<f64> {
     t.to_f64()
 }
 
-/// `x` with token t's values scaled by 2^exps[t % exps.len()]: exact in bf16, so the golden
-/// math sees the same values.
+/// `x` with token t's values scaled by 2^exps[t % exps.len()] (exact in bf16, so the golden
+/// math sees the same values), and every 16th value zero: zeros and subnormals share a path
+/// where x is summed again from its bits.
 pub fn scale_tokens(x: &HostTensor, exps: &[i32]) -> HostTensor {
     let per_token: usize = x.shape()[1..].iter().product();
-    let v: Vec<f32> =
-        x.to_f64().iter().enumerate().map(|(e, &v)| (v * 2f64.powi(exps[e / per_token % exps.len()])) as f32).collect();
+    let scaled = |(e, &v): (usize, &f64)| {
+        if e % 16 == 0 { 0.0 } else { (v * 2f64.powi(exps[e / per_token % exps.len()])) as f32 }
+    };
+    let v: Vec<f32> = x.to_f64().iter().enumerate().map(scaled).collect();
     HostTensor::bf16_from_f32(x.shape_vec(), &v).unwrap()
 }
 
-/// mhc_pre forward on fresh random inputs whose tokens are scaled by 2^exps (see
+/// The options the mhc_pre forward tests run with: the defaults but for a post multiplier
+/// other than 2.
+pub const PRE_PARAMS: PreParams = PreParams { norm_eps: 1e-6, hc_eps: 1e-6, post_mult: 1.7 };
+
+/// mhc_pre forward under `p` on fresh random inputs whose tokens are scaled by 2^exps (see
 /// [`scale_tokens`]).
-pub fn run_pre_forward_scaled(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool, exps: &[i32]) {
+pub fn run_pre_forward_scaled(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool, exps: &[i32], p: &PreParams) {
     let seed = seed_from_env();
     let dims = Dims::new(t, n, d).unwrap();
     let mut host = PreInputs::random(&mut TensorRng::new(seed), &dims, gamma);
     host.x = scale_tokens(&host.x, exps);
-    check_pre_forward(ctx, &dims, &host, None, seed);
+    check_pre_forward(ctx, &dims, &host, p, None, seed);
 }
 
-/// Runs mhc_pre forward on `host` (outputs poisoned first) and checks every output against
-/// the golden math.
-pub fn check_pre_forward(ctx: &Context, dims: &Dims, host: &PreInputs, sinkhorn: Option<SinkhornParams>, seed: u64) {
+/// Runs mhc_pre forward under `p` on `host` (outputs poisoned first) and checks every output
+/// against the golden math.
+pub fn check_pre_forward(
+    ctx: &Context,
+    dims: &Dims,
+    host: &PreInputs,
+    p: &PreParams,
+    sinkhorn: Option<SinkhornParams>,
+    seed: u64,
+) {
     let (t, n, d) = (dims.t, dims.n, dims.d);
-    let p = PreParams { post_mult: 1.7, ..Default::default() };
     let (x, phi, alpha, bias) =
         (up(ctx, "x", &host.x), up(ctx, "phi", &host.phi), up(ctx, "alpha", &host.alpha), up(ctx, "bias", &host.bias));
     let g = host.gamma.as_ref().map(|g| up(ctx, "gamma", g));
@@ -146,7 +159,7 @@ pub fn check_pre_forward(ctx: &Context, dims: &Dims, host: &PreInputs, sinkhorn:
     let mut all = vec![&out.h_in, &out.h_post, &out.h_res, &out.inv_rms, &out.h_mix, &out.h_pre];
     all.extend(out.h_res_logits.as_ref());
     poison(ctx, &all);
-    ops::pre_forward_into(ctx, &inputs, &out, &p, sinkhorn.as_ref()).unwrap();
+    ops::pre_forward_into(ctx, &inputs, &out, p, sinkhorn.as_ref()).unwrap();
 
     let gf = host.gamma.as_ref().map(HostTensor::to_f64);
     let r = pre_forward_f64(
@@ -156,7 +169,7 @@ pub fn check_pre_forward(ctx: &Context, dims: &Dims, host: &PreInputs, sinkhorn:
         &host.alpha.to_f64(),
         &host.bias.to_f64(),
         gf.as_deref(),
-        &p,
+        p,
     );
     let what = format!("pre_forward T={t} n={n} D={d} gamma={gamma}");
     check(ctx, &format!("{what} h_in"), &out.h_in, &r.h_in, None, seed);
@@ -181,5 +194,5 @@ pub fn run_pre_forward(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool,
     let seed = seed_from_env();
     let dims = Dims::new(t, n, d).unwrap();
     let host = PreInputs::random(&mut TensorRng::new(seed), &dims, gamma);
-    check_pre_forward(ctx, &dims, &host, sinkhorn, seed);
+    check_pre_forward(ctx, &dims, &host, &PRE_PARAMS, sinkhorn, seed);
 }

@@ -17,7 +17,8 @@ struct Params {
     post_mult: f32,
     sinkhorn_iters: u32,
     sinkhorn_eps: f32,
-    _pad: [u32; 2],
+    norm_eps_up: f32,
+    _pad: u32,
 }
 
 /// Outputs of mhc_pre forward on the GPU (SPEC.md section 1). With a fused Sinkhorn
@@ -212,7 +213,9 @@ pub fn pre_forward_into(
             post_mult: p.post_mult,
             sinkhorn_iters: sk.iters,
             sinkhorn_eps: sk.eps,
-            _pad: [0; 2],
+            // What `main` uses for a token it sums again from x * 2^96 (pre_forward.wgsl).
+            norm_eps_up: (f64::from(p.norm_eps) * 2f64.powi(192)) as f32,
+            _pad: 0,
         }))
     };
     ctx.submit("mhc_pre forward", |pass| {
