@@ -95,7 +95,7 @@ var<workgroup> res_logits: array<f32, TW * NN>;
 
 #if !VEC4
 fn x_at(e: u32) -> f32 {
-    return bf16_at(x[e >> 1u], e);
+    return bf16_at(x_pair(e), e);
 }
 
 fn store_h_in(e: u32, v: f32) {
@@ -198,10 +198,9 @@ fn set_sum(b: u32, m: u32, v: f32) {
     sums[b * (M + 1u) + m] = v;
 }
 
-// Element e of x as f32 bits.
-fn x_bits(e: u32) -> u32 {
-    let w = x[e / 8u][(e / 2u) % 4u];
-    return select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u);
+// The u32 of x that holds element e.
+fn x_pair(e: u32) -> u32 {
+    return x[e / 8u][(e / 2u) % 4u];
 }
 
 fn phi_at(e: u32) -> f32 {
@@ -237,8 +236,7 @@ fn coop_sums(lane: Lane, tok0: u32) {
                 }
                 bad = !(top >= 0.0625 && top <= 65504.0);
             }
-            // Infinity or NaN: all exponent bits set.
-            if (bad || (bitcast<u32>(s) & 0x7f800000u) == 0x7f800000u) {
+            if (bad || !finite(s)) {
                 atomicOr(&inexact, 1u);
             }
             sums[b * (M + 1u) + m] = s;
@@ -482,9 +480,8 @@ fn phi_at(e: u32) -> f32 {
     return phi[e];
 }
 
-fn x_bits(e: u32) -> u32 {
-    let w = x[e >> 1u];
-    return select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u);
+fn x_pair(e: u32) -> u32 {
+    return x[e >> 1u];
 }
 #endif
 
@@ -505,8 +502,15 @@ var<workgroup> x_exp: array<i32, TW>;
 var<workgroup> out_of_range: atomic<u32>;
 var<workgroup> resum_part: array<f32, 32>;
 
+// Not infinity or NaN: not all exponent bits set.
 fn finite(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+// Element e of x as f32 bits.
+fn x_bits(e: u32) -> u32 {
+    let w = x_pair(e);
+    return select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u);
 }
 
 // Sum m of token b: every invocation's v added over the workgroup in a fixed order. The

@@ -55,17 +55,17 @@ impl PreBackwardGpu {
 }
 
 fn run_pre_backward(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool) {
-    run_pre_backward_scaled(ctx, t, n, d, gamma, &[0]);
+    run_pre_backward_with(ctx, t, n, d, gamma, None);
 }
 
-/// mhc_pre backward on random inputs whose tokens of x are scaled by 2^exps (see
-/// `scale_tokens`), with the golden forward's outputs for those x.
-fn run_pre_backward_scaled(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool, exps: &[i32]) {
+/// mhc_pre backward on random inputs; with `scale`, x's tokens are scaled by 2^exps (see
+/// `scale_tokens`) and the saved tensors are the golden forward's for that x.
+fn run_pre_backward_with(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool, scale: Option<&[i32]>) {
     let seed = seed_from_env();
     let dims = Dims::new(t, n, d).unwrap();
     let p = PreParams { post_mult: 1.5, hc_eps: 1e-3, ..Default::default() };
     let mut h = PreBackwardData::random(&mut TensorRng::new(seed), &dims, gamma, &p);
-    if exps != [0] {
+    if let Some(exps) = scale {
         h.fwd.x = scale_tokens(&h.fwd.x, exps);
         h.saved = pre_forward(&h.fwd.inputs(), &p).unwrap();
     }
@@ -115,8 +115,8 @@ fn pre_backward_matches_golden_over_shapes() {
 #[test]
 fn pre_backward_extreme_magnitudes() {
     let exps = [0, 90, -30, 64, 100, 40];
-    run_pre_backward_scaled(ctx(), 30, 4, 64, true, &exps);
-    run_pre_backward_scaled(ctx(), 7, 2, 5, false, &exps);
+    run_pre_backward_with(ctx(), 30, 4, 64, true, Some(&exps));
+    run_pre_backward_with(ctx(), 7, 2, 5, false, Some(&exps));
 }
 
 /// K = 8192 gives `cols` 32 column blocks, so 32 segments of 66 tokens: a whole staged chunk
