@@ -58,6 +58,11 @@ fn pack4(lo: vec4<f32>, hi: vec4<f32>) -> vec4<u32> {
     return (bf16_top4(lo) >> vec4<u32>(16u)) | (bf16_top4(hi) & vec4<u32>(0xffff0000u));
 }
 
+// Not infinity or NaN: not all exponent bits set.
+fn finite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
 fn sigmoid(z: f32) -> f32 {
     return 1.0 / (1.0 + exp(-z));
 }

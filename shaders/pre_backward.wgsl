@@ -10,7 +10,8 @@
 //          dh_mix [M] and coef = dinv_rms * inv_rms^3 / K into tok_data, and per-workgroup
 //          partial sums of dbias and dalpha (no float atomics: reruns give the same bits).
 //   cols   (pass 2) per column k of x over a segment of tokens: dv_mm = dh_mix @ phi, dx, and
-//          segment partials of dphi and dgamma.
+//          segment partials of dphi and dgamma; dx again for a token whose coef is past f32's
+//          range (see `dx_big_coef`).
 //   finish sums the partials in a fixed order.
 // dx needs dinv_rms, a reduction over the whole token, so it cannot be written in pass 1.
 
@@ -176,7 +177,8 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
             contrib[c + 2u * N + {r}] = dr;
         }
 #endunroll
-        // coef = dinv_rms * inv_rms^3 / K.
+        // coef = dinv_rms * inv_rms^3 / K, stored even when it passes f32's range: `cols` then
+        // forms the token's dx again (`dx_big_coef`).
         tok_data[tok * (M + 1u) + M] = dinv_n * inv / f32(K);
         contrib[c + M] = da.x;
         contrib[c + M + 1u] = da.y;
@@ -196,6 +198,10 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 // one load per FMA-pair would make the load pipe, not the FMA pipe, the limit.
 var<workgroup> tok_s: array<vec4<f32>, CHT * TV>;
 var<workgroup> hpre_s: array<f32, CHT * N>;
+// 1 + the first token of the last chunk staged with a coef past f32's range (0: none yet).
+// Set between the barriers of `stage_tokens`, after every invocation has read it for the
+// chunk before, so it needs no reset.
+var<workgroup> big_coef_chunk: atomic<u32>;
 
 // Stages the scalars of tokens [tc, tc + cnt) for the whole workgroup. Each invocation loads
 // its (up to) SL scalars and HL h_pre values into registers before the first barrier, so the
@@ -228,6 +234,9 @@ fn stage_tokens(lid: u32, tc: u32, cnt: u32) {
             let u = e / (M + 1u);
             let r = e % (M + 1u);
             tok_s[u * TV + r / 4u][r % 4u] = sv[{s}];
+            if (r == M && !finite(sv[{s}])) {
+                atomicStore(&big_coef_chunk, tc + 1u);
+            }
         }
     }
 #endunroll
@@ -254,6 +263,35 @@ fn token_scalars(u: u32) -> array<vec4<f32>, TV> {
     hv[{q}] = tok_s[u * TV + {q}];
 #endunroll
     return hv;
+}
+
+// dx of token u of the staged chunk (tok in the dispatch) at a column with x value v, dh_in
+// value dh, phi column p, gamma g and stream i, where `rows` found coef = dinv_rms *
+// inv_rms^3 / K past f32's range. That takes inv_rms above about 2^64, which only a norm_eps
+// under about 3e-39 allows. coef * x = (sum of dh_mix * h_mix) * inv_rms^2 * x / K: one inv_rms
+// goes in with x (x * inv_rms is near 1), the other as its exponent through ldexp, so no
+// reordering of the products can pair the two (NVIDIA's compiler formed inv_rms^2 from
+// `d * inv * inv` in `rows`, docs/perf-history.md, thirty-first session). The step wrote inf
+// or NaN there; only the tokens of a chunk with such a coef come here, so the steps carry no
+// extra product.
+fn dx_big_coef(u: u32, tok: u32, v: f32, dh: f32, p: array<f32, M>, g: f32, i: u32) -> f32 {
+    let hv = token_scalars(u);
+    let inv = frexp(inv_rms[tok]);
+    var dv = 0.0;
+    var dinv = 0.0;
+#unroll m M
+    {
+        let h = hv[{m} / 4u][{m} % 4u];
+        dv += h * p[{m}];
+        dinv += h * h_mix[tok * M + {m}];
+    }
+#endunroll
+    let x_term = ldexp(dinv * (v * inv_rms[tok]) * inv.fract / f32(K), inv.exp);
+    return dv * g - x_term + hpre_s[u * N + i] * dh;
+}
+
+fn big_coef(u: u32) -> bool {
+    return !finite(tok_s[u * TV + M / 4u][M % 4u]);
 }
 
 fn gamma_at(k: u32) -> f32 {
@@ -396,6 +434,18 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 #endunroll
                 }
             }
+            if (atomicLoad(&big_coef_chunk) == tc + 1u) {
+                for (var u = 0u; u < cnt; u++) {
+                    if (big_coef(u)) {
+                        let tok = tc + u;
+                        let w = xw[tok * (K / 2u) + c];
+                        let gw = dhw[(tok * D + d0) / 2u];
+                        let r0 = dx_big_coef(u, tok, bf16_lo(w), bf16_lo(gw), p0, g0, i);
+                        let r1 = dx_big_coef(u, tok, bf16_hi(w), bf16_hi(gw), p1, g1, i);
+                        dx[tok * (K / 2u) + c] = pack2(r0, r1);
+                    }
+                }
+            }
         }
     }
     if (valid) {
@@ -455,6 +505,18 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 atomicAnd(&dx[xe >> 1u], half_keep(xe));
                 atomicOr(&dx[xe >> 1u], half_bits(xe, r));
                 ga += v * dv;
+            }
+            if (atomicLoad(&big_coef_chunk) == tc + 1u) {
+                for (var u = 0u; u < cnt; u++) {
+                    if (big_coef(u)) {
+                        let tok = tc + u;
+                        let xe = tok * K + k;
+                        let ge = tok * D + d;
+                        let r = dx_big_coef(u, tok, bf16_at(xw[xe >> 1u], xe), bf16_at(dhw[ge >> 1u], ge), p, g, i);
+                        atomicAnd(&dx[xe >> 1u], half_keep(xe));
+                        atomicOr(&dx[xe >> 1u], half_bits(xe, r));
+                    }
+                }
             }
         }
     }

@@ -502,11 +502,6 @@ var<workgroup> x_exp: array<i32, TW>;
 var<workgroup> out_of_range: atomic<u32>;
 var<workgroup> resum_part: array<f32, 32>;
 
-// Not infinity or NaN: not all exponent bits set.
-fn finite(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
-}
-
 // Element e of x as f32 bits.
 fn x_bits(e: u32) -> u32 {
     let w = x_pair(e);

@@ -55,15 +55,24 @@ impl PreBackwardGpu {
 }
 
 fn run_pre_backward(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool) {
-    run_pre_backward_with(ctx, t, n, d, gamma, None);
+    run_pre_backward_with(ctx, t, n, d, gamma, None, PreParams::default().norm_eps);
 }
 
 /// mhc_pre backward on random inputs; with `scale`, x's tokens are scaled by 2^exps (see
-/// `scale_tokens`) and the saved tensors are the golden forward's for that x.
-fn run_pre_backward_with(ctx: &Context, t: usize, n: usize, d: usize, gamma: bool, scale: Option<&[i32]>) {
+/// `scale_tokens`), the saved tensors are the golden forward's for that x, and dx is checked
+/// token by token.
+fn run_pre_backward_with(
+    ctx: &Context,
+    t: usize,
+    n: usize,
+    d: usize,
+    gamma: bool,
+    scale: Option<&[i32]>,
+    norm_eps: f32,
+) {
     let seed = seed_from_env();
     let dims = Dims::new(t, n, d).unwrap();
-    let p = PreParams { post_mult: 1.5, hc_eps: 1e-3, ..Default::default() };
+    let p = PreParams { post_mult: 1.5, hc_eps: 1e-3, norm_eps };
     let mut h = PreBackwardData::random(&mut TensorRng::new(seed), &dims, gamma, &p);
     if let Some(exps) = scale {
         h.fwd.x = scale_tokens(&h.fwd.x, exps);
@@ -90,7 +99,11 @@ fn run_pre_backward_with(ctx: &Context, t: usize, n: usize, d: usize, gamma: boo
         &p,
     );
     let what = format!("pre_backward T={t} n={n} D={d} gamma={gamma}");
-    check(ctx, &format!("{what} dx"), &out.dx, &r.dx, None, seed);
+    if scale.is_some() {
+        check_per_token(ctx, &format!("{what} dx"), &out.dx, &r.dx, seed);
+    } else {
+        check(ctx, &format!("{what} dx"), &out.dx, &r.dx, None, seed);
+    }
     check(ctx, &format!("{what} dphi"), &out.dphi, &r.dphi, None, seed);
     check(ctx, &format!("{what} dalpha"), &out.dalpha, &r.dalpha, None, seed);
     check(ctx, &format!("{what} dbias"), &out.dbias, &r.dbias, None, seed);
@@ -111,19 +124,31 @@ fn pre_backward_matches_golden_over_shapes() {
 /// Tokens from 2^-30 to 2^100 times the usual in one workgroup: the token scalars of `rows`
 /// (dinv_rms, dalpha's terms) are products of h_mix, which grows with x, and of the output
 /// gradients scaled by inv_rms, which shrinks with it; taken in the wrong order they passed
-/// f32's range from |x| of about 2^64.
+/// f32's range from |x| of about 2^64. Then down to 2^-110 with norm_eps = 0, where a token's
+/// coef = dinv_rms * inv_rms^3 / K passes f32's range and `cols` forms its dx again.
 #[test]
 fn pre_backward_extreme_magnitudes() {
     let exps = [0, 90, -30, 64, 100, 40];
-    run_pre_backward_with(ctx(), 30, 4, 64, true, Some(&exps));
-    run_pre_backward_with(ctx(), 7, 2, 5, false, Some(&exps));
+    let eps = PreParams::default().norm_eps;
+    run_pre_backward_with(ctx(), 30, 4, 64, true, Some(&exps), eps);
+    run_pre_backward_with(ctx(), 7, 2, 5, false, Some(&exps), eps);
+    let tiny = [0, -70, 60, -90, -110, 20];
+    run_pre_backward_with(ctx(), 30, 4, 64, true, Some(&tiny), 0.0);
+    run_pre_backward_with(ctx(), 7, 2, 5, false, Some(&tiny), 0.0);
 }
 
 /// K = 8192 gives `cols` 32 column blocks, so 32 segments of 66 tokens: a whole staged chunk
-/// of 64 and one of 2 (a padded step), and a last segment of 37 tokens, also padded.
+/// of 64 and one of 2 (a padded step), and a last segment of 37 tokens, also padded. Then
+/// with tokens whose coef passes f32's range (tiny x, no norm_eps) in a segment's first chunk,
+/// in its second, and in the last segment, whose dx `cols` forms again after their chunk.
 #[test]
 fn pre_backward_long_token_segments() {
     run_pre_backward(ctx(), 2083, 4, 2048, true);
+    let mut exps = vec![0; 2083];
+    for (tok, e) in [(5, -100), (65, -90), (130, -110), (200, 80), (2082, -80)] {
+        exps[tok] = e;
+    }
+    run_pre_backward_with(ctx(), 2083, 4, 2048, true, Some(&exps), 0.0);
 }
 
 #[test]

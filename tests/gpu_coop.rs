@@ -72,5 +72,5 @@ fn coop_pre_forward_sends_out_of_range_tokens_to_the_exact_path_or_is_refused() 
         }
     }
     host.x = HostTensor::from_f64(host.x.shape_vec(), DType::BF16, &x).unwrap();
-    check_pre_forward(&ctx, &dims, &host, &PRE_PARAMS, None, seed);
+    check_pre_forward(&ctx, &dims, &host, &PRE_PARAMS, None, true, seed);
 }

@@ -188,7 +188,7 @@ pub fn pre_backward_into(
             params,
             |r| r.len().div_ceil(tb),
         )?;
-        ctx.record_chunks(pass, &cols_p, &chunks, &rows_of(&[6, 10, 14, 21, 22]), &cols_whole, params, |_| {
+        ctx.record_chunks(pass, &cols_p, &chunks, &rows_of(&[4, 5, 6, 10, 14, 21, 22]), &cols_whole, params, |_| {
             col_blocks * n_segs
         })?;
         let finish_whole = [
