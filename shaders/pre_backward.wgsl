@@ -3,15 +3,16 @@
 // reduce.wgsl's RG, CL, RPL), UT tokens a step of `cols`, CHT tokens it stages at a time (a
 // multiple of UT), TV = (M + 4) / 4,
 // SL = ceil(CHT * (M + 1) / WG) and HL = ceil(CHT * N / WG) (scalars an invocation stages);
-// flags VEC4 (D % 8 == 0), PAIR (D % 2 == 0), HAS_GAMMA, SUBGROUP.
+// flags VEC4 (D % 8 == 0), PAIR (D % 2 == 0), HAS_GAMMA, SUBGROUP, BIG_COEF (norm_eps near 0:
+// see `dx_big_coef`).
 //
 // Passes over the large tensors: x and dh_in are each read twice, dx written once.
 //   rows   (pass 1) per token: dh_pre = <dh_in, x_i> reduced over D, then the token's scalars:
 //          dh_mix [M] and coef = dinv_rms * inv_rms^3 / K into tok_data, and per-workgroup
 //          partial sums of dbias and dalpha (no float atomics: reruns give the same bits).
 //   cols   (pass 2) per column k of x over a segment of tokens: dv_mm = dh_mix @ phi, dx, and
-//          segment partials of dphi and dgamma; dx again for a token whose coef is past f32's
-//          range (see `dx_big_coef`).
+//          segment partials of dphi and dgamma; with BIG_COEF, dx again for a token whose coef
+//          is past f32's range (see `dx_big_coef`).
 //   finish sums the partials in a fixed order.
 // dx needs dinv_rms, a reduction over the whole token, so it cannot be written in pass 1.
 
@@ -178,7 +179,7 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         }
 #endunroll
         // coef = dinv_rms * inv_rms^3 / K, stored even when it passes f32's range: `cols` then
-        // forms the token's dx again (`dx_big_coef`).
+        // forms the token's dx again (`dx_big_coef`, with BIG_COEF).
         tok_data[tok * (M + 1u) + M] = dinv_n * inv / f32(K);
         contrib[c + M] = da.x;
         contrib[c + M + 1u] = da.y;
@@ -198,10 +199,12 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 // one load per FMA-pair would make the load pipe, not the FMA pipe, the limit.
 var<workgroup> tok_s: array<vec4<f32>, CHT * TV>;
 var<workgroup> hpre_s: array<f32, CHT * N>;
+#if BIG_COEF
 // 1 + the first token of the last chunk staged with a coef past f32's range (0: none yet).
 // Set between the barriers of `stage_tokens`, after every invocation has read it for the
 // chunk before, so it needs no reset.
 var<workgroup> big_coef_chunk: atomic<u32>;
+#endif
 
 // Stages the scalars of tokens [tc, tc + cnt) for the whole workgroup. Each invocation loads
 // its (up to) SL scalars and HL h_pre values into registers before the first barrier, so the
@@ -234,9 +237,11 @@ fn stage_tokens(lid: u32, tc: u32, cnt: u32) {
             let u = e / (M + 1u);
             let r = e % (M + 1u);
             tok_s[u * TV + r / 4u][r % 4u] = sv[{s}];
+#if BIG_COEF
             if (r == M && !finite(sv[{s}])) {
                 atomicStore(&big_coef_chunk, tc + 1u);
             }
+#endif
         }
     }
 #endunroll
@@ -265,15 +270,17 @@ fn token_scalars(u: u32) -> array<vec4<f32>, TV> {
     return hv;
 }
 
+#if BIG_COEF
 // dx of token u of the staged chunk (tok in the dispatch) at a column with x value v, dh_in
 // value dh, phi column p, gamma g and stream i, where `rows` found coef = dinv_rms *
-// inv_rms^3 / K past f32's range. That takes inv_rms above about 2^64, which only a norm_eps
-// under about 3e-39 allows. coef * x = (sum of dh_mix * h_mix) * inv_rms^2 * x / K: one inv_rms
-// goes in with x (x * inv_rms is near 1), the other as its exponent through ldexp, so no
-// reordering of the products can pair the two (NVIDIA's compiler formed inv_rms^2 from
+// inv_rms^3 / K past f32's range. That takes inv_rms above about 2^64, so a norm_eps under
+// about 3e-39; the runtime sets BIG_COEF below 1e-20 (above it, coef would also need output
+// gradients of about 1e17). coef * x = (sum of dh_mix * h_mix) * inv_rms^2 * x / K: one
+// inv_rms goes in with x (x * inv_rms is near 1), the other as its exponent through ldexp,
+// so no reordering of the products can pair the two (NVIDIA's compiler formed inv_rms^2 from
 // `d * inv * inv` in `rows`, docs/perf-history.md, thirty-first session). The step wrote inf
-// or NaN there; only the tokens of a chunk with such a coef come here, so the steps carry no
-// extra product.
+// or NaN there; only the tokens of a chunk with such a coef come here. Even so, the check
+// and the redo cost `cols` 1.5-1.9% on an H100 (thirty-second session), hence the flag.
 fn dx_big_coef(u: u32, tok: u32, v: f32, dh: f32, p: array<f32, M>, g: f32, i: u32) -> f32 {
     let hv = token_scalars(u);
     let inv = frexp(inv_rms[tok]);
@@ -293,6 +300,7 @@ fn dx_big_coef(u: u32, tok: u32, v: f32, dh: f32, p: array<f32, M>, g: f32, i: u
 fn big_coef(u: u32) -> bool {
     return !finite(tok_s[u * TV + M / 4u][M % 4u]);
 }
+#endif
 
 fn gamma_at(k: u32) -> f32 {
 #if HAS_GAMMA
@@ -434,6 +442,7 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 #endunroll
                 }
             }
+#if BIG_COEF
             if (atomicLoad(&big_coef_chunk) == tc + 1u) {
                 for (var u = 0u; u < cnt; u++) {
                     if (big_coef(u)) {
@@ -446,6 +455,7 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                     }
                 }
             }
+#endif
         }
     }
     if (valid) {
@@ -506,6 +516,7 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 atomicOr(&dx[xe >> 1u], half_bits(xe, r));
                 ga += v * dv;
             }
+#if BIG_COEF
             if (atomicLoad(&big_coef_chunk) == tc + 1u) {
                 for (var u = 0u; u < cnt; u++) {
                     if (big_coef(u)) {
@@ -518,6 +529,7 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                     }
                 }
             }
+#endif
         }
     }
     if (valid) {

@@ -92,19 +92,19 @@ pub fn check(ctx: &Context, name: &str, out: &GpuTensor, reference: &[f64], tol:
 /// [`check`] token by token, for an output whose scale follows its token's x (h_in, h_mix,
 /// inv_rms, dx) when tokens differ in scale: against the whole tensor, every error is measured
 /// against the largest token's values, and an error in a token 2^100 times smaller would pass.
-/// Stricter than SPEC.md in one more way, so one bound is looser: an element whose reference is
-/// under 2^-126 may be off by up to 2^-126, since WGSL lets f32 subnormals flush to zero (and
-/// a bf16 subnormal's rounding alone is a third of a value near 2^-132).
-pub fn check_per_token(ctx: &Context, name: &str, out: &GpuTensor, reference: &[f64], seed: u64) {
-    const FLUSH: f64 = 1.0 / (1u128 << 126) as f64;
+/// Stricter than SPEC.md there, so one bound is looser: WGSL lets an adapter flush f32 values
+/// under 2^-126 to zero (NVIDIA's does), so an element that `flushes` intermediate values make
+/// (products, partial sums, the result) may be off by `flushes` * 2^-126, which also covers a
+/// bf16 subnormal's rounding (a third of a value near 2^-132).
+pub fn check_per_token(ctx: &Context, name: &str, out: &GpuTensor, reference: &[f64], flushes: usize, seed: u64) {
+    let allowed = flushes as f64 * 2f64.powi(-126);
     let host = out.read(ctx).unwrap_or_else(|e| panic!("reading {name}: {e}"));
     let got = host.to_f64();
     assert_eq!(got.len(), reference.len(), "{name}: elements against the reference's");
     let per = got.len() / host.shape()[0];
     let tol = Tolerance::for_dtype(host.dtype());
     for (tok, (g, r)) in got.chunks(per).zip(reference.chunks(per)).enumerate() {
-        let within_flush = |(&g, &r): (&f64, &f64)| if r.abs() < FLUSH && (g - r).abs() <= FLUSH { r } else { g };
-        let g: Vec<f64> = g.iter().zip(r).map(within_flush).collect();
+        let g: Vec<f64> = g.iter().zip(r).map(|(&g, &r)| if (g - r).abs() <= allowed { r } else { g }).collect();
         // f32 holds the replaced references closely enough for either dtype's bounds.
         let token = HostTensor::from_f64(vec![per], DType::F32, &g).unwrap();
         check_host(&format!("{name} token {tok}"), &token, r, Some(tol), seed);
@@ -196,13 +196,19 @@ pub fn check_pre_forward(
         p,
     );
     let what = format!("pre_forward T={t} n={n} D={d} gamma={gamma}");
-    for (name, o, r) in
-        [("h_in", &out.h_in, &r.h_in), ("inv_rms", &out.inv_rms, &r.inv_rms), ("h_mix", &out.h_mix, &r.h_mix)]
-    {
+    // h_in's n products and n - 1 sums may each flush, and so may h_mix's K products where
+    // norm_eps keeps a tiny token out of the rescue (calls 141-143 on the card: h_in of a 2^-120
+    // token 2.4% off an element, h_mix 20%); inv_rms is the result alone.
+    let scaled = [
+        ("h_in", &out.h_in, &r.h_in, 2 * n),
+        ("inv_rms", &out.inv_rms, &r.inv_rms, 1),
+        ("h_mix", &out.h_mix, &r.h_mix, 2 * dims.k()),
+    ];
+    for (name, o, reference, flushes) in scaled {
         if per_token {
-            check_per_token(ctx, &format!("{what} {name}"), o, r, seed);
+            check_per_token(ctx, &format!("{what} {name}"), o, reference, flushes, seed);
         } else {
-            check(ctx, &format!("{what} {name}"), o, r, None, seed);
+            check(ctx, &format!("{what} {name}"), o, reference, None, seed);
         }
     }
     check(ctx, &format!("{what} h_post"), &out.h_post, &r.h_post, None, seed);

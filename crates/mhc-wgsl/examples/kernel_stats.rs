@@ -86,7 +86,12 @@ fn kernels() -> Vec<Kernel> {
         add(&shape, Family::PreForward, &["fold_gamma", "project", "main"], pre);
         let fused = mhc_wgsl::pre_forward(n, d, true, gamma, target, tile, Projection::Split(split));
         add(&format!("{shape} sinkhorn"), Family::PreForward, &["main"], fused);
-        add(&shape, Family::PreBackward, &["rows", "cols", "finish"], mhc_wgsl::pre_backward(n, d, true, target));
+        add(
+            &shape,
+            Family::PreBackward,
+            &["rows", "cols", "finish"],
+            mhc_wgsl::pre_backward(n, d, true, false, target),
+        );
         add(
             &shape,
             Family::Post,

@@ -346,8 +346,10 @@ pub fn pre_forward_coop(n: u32, d: u32, tile: CoopTile) -> Spec {
         .with("PL", 64 * tile.chunk / wg)
 }
 
-/// mhc_pre backward: its `rows`, `cols` and `finish` entry points share this spec.
-pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
+/// mhc_pre backward: its `rows`, `cols` and `finish` entry points share this spec. `big_coef`:
+/// `cols` forms dx again for a token whose coef passed f32's range, which only a norm_eps near
+/// 0 allows (`dx_big_coef` in pre_backward.wgsl).
+pub fn pre_backward(n: u32, d: u32, has_gamma: bool, big_coef: bool, target: Target) -> Spec {
     let (tb, wg) = (8, 128);
     let pair = d.is_multiple_of(2) && m_of(n) <= 24;
     let cht = if pair { 64 } else { 32 };
@@ -365,6 +367,7 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, target: Target) -> Spec {
         .with("UT", 8)
         .with("TV", (m_of(n) + 4) / 4)
         .flag("HAS_GAMMA", has_gamma)
+        .flag("BIG_COEF", big_coef)
         // Two columns an invocation doubles the registers held for phi: only for small M.
         .flag("PAIR", pair)
 }

@@ -45,7 +45,9 @@ fn specs(family: Family) -> Vec<Spec> {
                             Some(mhc_wgsl::pre_forward_coop(n, d, mhc_wgsl::CoopTile::for_shape(n, d, tokens)?))
                         })
                         .collect(),
-                    Family::PreBackward => [false, true].map(|g| mhc_wgsl::pre_backward(n, d, g, t)).to_vec(),
+                    Family::PreBackward => [(false, false), (true, false), (true, true)]
+                        .map(|(g, big)| mhc_wgsl::pre_backward(n, d, g, big, t))
+                        .to_vec(),
                     Family::Post => vec![
                         mhc_wgsl::post_forward(n, d, 4, t),
                         mhc_wgsl::post_forward(n, d, 8, t),
@@ -118,14 +120,13 @@ fn every_kernel_builds_for_every_backend() {
 
 /// `Family::parse` counts the workgroup memory each entry point uses: mhc_pre backward's `cols`
 /// at n = 4 stages 64 tokens' scalars, 8192 bytes (what NVIDIA's driver reported for it through
-/// `examples/kernel_stats.rs`), and the flag of a chunk with a coef past f32's range (4 bytes,
-/// counted as 16 by WebGPU's rule); `rows` its token sums and `block_reduce`'s partials;
-/// `finish` a tree of WG floats.
+/// `examples/kernel_stats.rs`); `rows` its token sums and `block_reduce`'s partials; `finish` a
+/// tree of WG floats.
 #[test]
 fn workgroup_bytes_per_entry_point() {
-    let spec = mhc_wgsl::pre_backward(4, 2560, true, Target { subgroup: true, sg_min: 32 });
+    let spec = mhc_wgsl::pre_backward(4, 2560, true, false, Target { subgroup: true, sg_min: 32 });
     let bytes = Family::PreBackward.parse(&spec).unwrap().workgroup_bytes;
-    assert_eq!(bytes["cols"], 8192 + 16);
+    assert_eq!(bytes["cols"], 8192);
     assert_eq!(bytes["rows"], 8 * 27 * 4 + 32 * 4 * 4 + 32 * 4);
     assert_eq!(bytes["finish"], 128 * 4);
     assert_eq!(bytes.len(), 3);

@@ -64,6 +64,11 @@ impl PreBackwardOutputs {
 /// and from 238 to 234 at 4096 x 4 x 2560, the other bench shapes within 0.1%, against 1024
 /// workgroups or just over.
 const COLS_MAX_GROUPS: usize = 792;
+/// Below this norm_eps, `cols` checks for tokens whose coef = dinv_rms * inv_rms^3 / K passed
+/// f32's range and forms their dx again (`dx_big_coef` in pre_backward.wgsl), which cost it
+/// 1.5-1.9% on an H100 (docs/perf-history.md, thirty-second session). At or above it inv_rms is
+/// under 1e10, and coef would pass the range only with output gradients of about 1e17 or more.
+const BIG_COEF_NORM_EPS: f32 = 1e-20;
 /// Bytes of dphi partial sums the `cols` pass may keep (one slice per token segment).
 const PARTIALS_BUDGET: u64 = 64 << 20;
 /// Tokens a `cols` segment adds up in plain f32 where its partials are few bytes (`finish`
@@ -104,7 +109,9 @@ pub fn pre_backward_into(
     out.validate(&dims)?;
     let f = &inp.fwd;
     let (t, m, k) = (dims.t, dims.m(), dims.k());
-    let spec = mhc_wgsl::pre_backward(to_u32(dims.n, "n")?, to_u32(dims.d, "D")?, f.gamma.is_some(), ctx.target());
+    let big_coef = p.norm_eps < BIG_COEF_NORM_EPS;
+    let spec =
+        mhc_wgsl::pre_backward(to_u32(dims.n, "n")?, to_u32(dims.d, "D")?, f.gamma.is_some(), big_coef, ctx.target());
     let get = |name| spec.get(name).map(|v| v as usize).expect("pre_backward spec sets TB and WG");
     let (tb, wg) = (get("TB"), get("WG"));
     let pair = spec.flag_value("PAIR") == Some(true);
@@ -177,6 +184,8 @@ pub fn pre_backward_into(
             n_segs: to_u32(n_segs, "segments")?,
         }))
     };
+    // The redo of a token with a large coef reads its h_mix and inv_rms.
+    let cols_rows: &[u32] = if big_coef { &[4, 5, 6, 10, 14, 21, 22] } else { &[6, 10, 14, 21, 22] };
     let one_chunk = crate::dispatch::Chunks::whole(t);
     ctx.submit("mhc_pre backward", |pass| {
         ctx.record_chunks(
@@ -188,9 +197,7 @@ pub fn pre_backward_into(
             params,
             |r| r.len().div_ceil(tb),
         )?;
-        ctx.record_chunks(pass, &cols_p, &chunks, &rows_of(&[4, 5, 6, 10, 14, 21, 22]), &cols_whole, params, |_| {
-            col_blocks * n_segs
-        })?;
+        ctx.record_chunks(pass, &cols_p, &chunks, &rows_of(cols_rows), &cols_whole, params, |_| col_blocks * n_segs)?;
         let finish_whole = [
             (11, &part_small),
             (15, &part_phi),
