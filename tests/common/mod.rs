@@ -93,9 +93,9 @@ pub fn check(ctx: &Context, name: &str, out: &GpuTensor, reference: &[f64], tol:
 /// inv_rms, dx) when tokens differ in scale: against the whole tensor, every error is measured
 /// against the largest token's values, and an error in a token 2^100 times smaller would pass.
 /// Stricter than SPEC.md there, so one bound is looser: WGSL lets an adapter flush f32 values
-/// under 2^-126 to zero (NVIDIA's does), so an element that `flushes` intermediate values make
-/// (products, partial sums, the result) may be off by `flushes` * 2^-126, which also covers a
-/// bf16 subnormal's rounding (a third of a value near 2^-132).
+/// under 2^-126 to zero (NVIDIA's does), so an element is allowed 2^-126 for each of the
+/// `flushes` values on its way that may flush (products, partial sums, the result); that also
+/// covers a bf16 subnormal's rounding (a third of a value near 2^-132).
 pub fn check_per_token(ctx: &Context, name: &str, out: &GpuTensor, reference: &[f64], flushes: usize, seed: u64) {
     let allowed = flushes as f64 * 2f64.powi(-126);
     let host = out.read(ctx).unwrap_or_else(|e| panic!("reading {name}: {e}"));

@@ -184,8 +184,11 @@ pub fn pre_backward_into(
             n_segs: to_u32(n_segs, "segments")?,
         }))
     };
-    // The redo of a token with a large coef reads its h_mix and inv_rms.
-    let cols_rows: &[u32] = if big_coef { &[4, 5, 6, 10, 14, 21, 22] } else { &[6, 10, 14, 21, 22] };
+    // The redo of a token with a large coef also reads its inv_rms and h_mix.
+    let mut cols_rows = vec![6, 10, 14, 21, 22];
+    if big_coef {
+        cols_rows.extend([4, 5]);
+    }
     let one_chunk = crate::dispatch::Chunks::whole(t);
     ctx.submit("mhc_pre backward", |pass| {
         ctx.record_chunks(
@@ -197,7 +200,7 @@ pub fn pre_backward_into(
             params,
             |r| r.len().div_ceil(tb),
         )?;
-        ctx.record_chunks(pass, &cols_p, &chunks, &rows_of(cols_rows), &cols_whole, params, |_| col_blocks * n_segs)?;
+        ctx.record_chunks(pass, &cols_p, &chunks, &rows_of(&cols_rows), &cols_whole, params, |_| col_blocks * n_segs)?;
         let finish_whole = [
             (11, &part_small),
             (15, &part_phi),
