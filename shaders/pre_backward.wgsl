@@ -151,7 +151,7 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 #unroll i N
         {
             let s = hpre[{i}] - params.hc_eps;
-            let dpre2 = red_total[b * N + {i}] * s * (1.0 - s);
+            let dpre2 = red_total[b * N + {i}] * s * ((1.0 - hpre[{i}]) + params.hc_eps);
             let hp = hpost[{i}];
             let dpost2 = dpost[{i}] * hp * (1.0 - hp / params.post_mult);
             let dm_pre = al.x * dpre2 * inv;
@@ -167,15 +167,23 @@ fn rows(lane: Lane, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
             contrib[c + N + {i}] = dpost2;
         }
 #endunroll
-#unroll r NN
+        // dalpha's NN terms are summed a row of h_res at a time: in one chain of 64 (n = 8)
+        // the sum was off by up to 10 roundings of the terms' root-sum-square (lavapipe).
+#unroll j N
         {
-            let dr = dres[{r}];
-            let dm = al.z * dr * inv;
-            let t_res = hm[2u * N + {r}] * inv;
-            tok_data[tok * (M + 1u) + 2u * N + {r}] = dm;
-            dinv_n += dm * t_res;
-            da.z += dr * t_res;
-            contrib[c + 2u * N + {r}] = dr;
+            var row = 0.0;
+#unroll i N
+            {
+                let dr = dres[{j} * N + {i}];
+                let dm = al.z * dr * inv;
+                let t_res = hm[2u * N + {j} * N + {i}] * inv;
+                tok_data[tok * (M + 1u) + 2u * N + {j} * N + {i}] = dm;
+                dinv_n += dm * t_res;
+                row += dr * t_res;
+                contrib[c + 2u * N + {j} * N + {i}] = dr;
+            }
+#endunroll
+            da.z += row;
         }
 #endunroll
         // coef = dinv_rms * inv_rms^3 / K, stored even when it passes f32's range: `cols` then
@@ -271,30 +279,43 @@ fn token_scalars(u: u32) -> array<vec4<f32>, TV> {
 }
 
 #if BIG_COEF
-// dx of token u of the staged chunk (tok in the dispatch) at a column with x value v, dh_in
-// value dh, phi column p, gamma g and stream i, where `rows` found coef = dinv_rms *
-// inv_rms^3 / K past f32's range. That takes inv_rms above about 2^64, so a norm_eps under
-// about 3e-39; the runtime sets BIG_COEF below 1e-20 (above it, coef would also need output
-// gradients of about 1e17). coef * x = (sum of dh_mix * h_mix) * inv_rms^2 * x / K: one
-// inv_rms goes in with x (x * inv_rms is near 1), the other as its exponent through ldexp,
-// so no reordering of the products can pair the two (NVIDIA's compiler formed inv_rms^2 from
-// `d * inv * inv` in `rows`, docs/perf-history.md, thirty-first session). The step wrote inf
-// or NaN there; only the tokens of a chunk with such a coef come here. Even so, the check
-// and the redo cost `cols` 1.5-1.9% on an H100 (thirty-second session), hence the flag.
-fn dx_big_coef(u: u32, tok: u32, v: f32, dh: f32, p: array<f32, M>, g: f32, i: u32) -> f32 {
+// Where `rows` found coef = dinv_rms * inv_rms^3 / K past f32's range, a token's dx is formed
+// again after its chunk's steps (which wrote inf or NaN there). That takes inv_rms above about
+// 2^64, so a norm_eps under about 3e-39; the runtime sets BIG_COEF below 1e-20 (above it,
+// coef would also need output gradients of about 1e17). coef * x = (sum of dh_mix * h_mix) *
+// inv_rms^2 * x / K: one inv_rms goes in with x (x * inv_rms is near 1), the other as its
+// exponent through ldexp, so no reordering of the products can pair the two (NVIDIA's compiler
+// formed inv_rms^2 from `d * inv * inv` in `rows`, docs/perf-history.md, thirty-first
+// session). Only the tokens of a chunk with such a coef come here. Even so, the check and the
+// redo cost `cols` 1.5-1.9% on an H100 (thirty-second session), hence the flag.
+struct BigCoef {
+    // (sum of dh_mix * h_mix) * frexp(inv_rms).fract / K
+    scale: f32,
+    exp: i32,
+    inv_rms: f32,
+}
+
+// The factors of coef for token u of the staged chunk (tok in the dispatch), summed once for
+// all of an invocation's columns.
+fn big_coef_of(u: u32, tok: u32) -> BigCoef {
     let hv = token_scalars(u);
-    let inv = frexp(inv_rms[tok]);
-    var dv = 0.0;
     var dinv = 0.0;
 #unroll m M
-    {
-        let h = hv[{m} / 4u][{m} % 4u];
-        dv += h * p[{m}];
-        dinv += h * h_mix[tok * M + {m}];
-    }
+    dinv += hv[{m} / 4u][{m} % 4u] * h_mix[tok * M + {m}];
 #endunroll
-    let x_term = ldexp(dinv * (v * inv_rms[tok]) * inv.fract / f32(K), inv.exp);
-    return dv * g - x_term + hpre_s[u * N + i] * dh;
+    let inv = inv_rms[tok];
+    let f = frexp(inv);
+    return BigCoef(dinv * f.fract / f32(K), f.exp, inv);
+}
+
+// dx of token u at a column with x value v, dh_in value dh, phi column p, gamma g and stream i.
+fn dx_big_coef(u: u32, b: BigCoef, v: f32, dh: f32, p: array<f32, M>, g: f32, i: u32) -> f32 {
+    let hv = token_scalars(u);
+    var dv = 0.0;
+#unroll m M
+    dv += hv[{m} / 4u][{m} % 4u] * p[{m}];
+#endunroll
+    return dv * g - ldexp(b.scale * (v * b.inv_rms), b.exp) + hpre_s[u * N + i] * dh;
 }
 
 fn big_coef(u: u32) -> bool {
@@ -449,8 +470,9 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                         let tok = tc + u;
                         let w = xw[tok * (K / 2u) + c];
                         let gw = dhw[(tok * D + d0) / 2u];
-                        let r0 = dx_big_coef(u, tok, bf16_lo(w), bf16_lo(gw), p0, g0, i);
-                        let r1 = dx_big_coef(u, tok, bf16_hi(w), bf16_hi(gw), p1, g1, i);
+                        let b = big_coef_of(u, tok);
+                        let r0 = dx_big_coef(u, b, bf16_lo(w), bf16_lo(gw), p0, g0, i);
+                        let r1 = dx_big_coef(u, b, bf16_hi(w), bf16_hi(gw), p1, g1, i);
                         dx[tok * (K / 2u) + c] = pack2(r0, r1);
                     }
                 }
@@ -523,7 +545,7 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                         let tok = tc + u;
                         let xe = tok * K + k;
                         let ge = tok * D + d;
-                        let r = dx_big_coef(u, tok, bf16_at(xw[xe >> 1u], xe), bf16_at(dhw[ge >> 1u], ge), p, g, i);
+                        let r = dx_big_coef(u, big_coef_of(u, tok), bf16_at(xw[xe >> 1u], xe), bf16_at(dhw[ge >> 1u], ge), p, g, i);
                         atomicAnd(&dx[xe >> 1u], half_keep(xe));
                         atomicOr(&dx[xe >> 1u], half_bits(xe, r));
                     }
