@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::core::accuracy::Tolerance;
+use crate::core::accuracy::{Comparison, Tolerance, compare, compare_sum};
 use crate::core::golden::{self, PreSaved};
 use crate::core::{
     DType, Dims, Error, HostTensor, Op, PostForwardInputs, PreBackwardInputs, PreForwardInputs, PreParams, Result,
@@ -166,13 +166,36 @@ fn gpu(ctx: &Context, op: Op, inputs: &Named, opts: &Options) -> Result<Vec<(&'s
     named(op, outs).into_iter().map(|(name, t)| Ok((name, t.read(ctx)?))).collect()
 }
 
-/// The unrounded f64 reference of each output, with its SPEC.md tolerance: what `mhc check`
-/// compares a device's outputs against.
-pub fn reference(op: Op, inputs: &Named, opts: &Options) -> Result<Vec<(&'static str, Vec<f64>, Tolerance)>> {
+/// One output's unrounded f64 reference and how close a device's output must come to it.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    /// The output's name (SPEC.md section 6).
+    pub name: &'static str,
+    /// Its exact value.
+    pub values: Vec<f64>,
+    /// Its SPEC.md tolerance.
+    pub tol: Tolerance,
+    /// For a sum over tokens (mhc_pre's weight gradients), the root-sum-square of each
+    /// element's terms, which scales the rounding any f32 sum of them carries.
+    pub term_rss: Option<Vec<f64>>,
+}
+
+impl Reference {
+    /// How `out` compares: [`compare`], or [`compare_sum`] for a sum over tokens.
+    pub fn compare(&self, out: &HostTensor) -> Comparison {
+        match &self.term_rss {
+            Some(rss) => compare_sum(self.name, out, &self.values, rss, self.tol),
+            None => compare(self.name, out, &self.values, self.tol),
+        }
+    }
+}
+
+/// Each output's [`Reference`]: what `mhc check` compares a device's outputs against.
+pub fn reference(op: Op, inputs: &Named, opts: &Options) -> Result<Vec<Reference>> {
     let f = |name| get(inputs, name).map(HostTensor::to_f64);
     let gamma = inputs.get("gamma").map(HostTensor::to_f64);
     let (bf16, f32) = (Tolerance::for_dtype(DType::BF16), Tolerance::for_dtype(DType::F32));
-    let refs = match op {
+    let refs: Vec<(Vec<f64>, Tolerance, Option<Vec<f64>>)> = match op {
         Op::PreForward => {
             let dims = pre_inputs(inputs)?.validate()?;
             let r = golden::pre_forward_f64(
@@ -184,7 +207,9 @@ pub fn reference(op: Op, inputs: &Named, opts: &Options) -> Result<Vec<(&'static
                 gamma.as_deref(),
                 &opts.pre,
             );
-            vec![(r.h_in, bf16), (r.h_post, f32), (r.h_res, f32), (r.inv_rms, f32), (r.h_mix, f32), (r.h_pre, f32)]
+            [(r.h_in, bf16), (r.h_post, f32), (r.h_res, f32), (r.inv_rms, f32), (r.h_mix, f32), (r.h_pre, f32)]
+                .map(|(v, tol)| (v, tol, None))
+                .into()
         }
         Op::PreBackward => {
             let dims = pre_backward_inputs(inputs)?.validate()?;
@@ -201,29 +226,41 @@ pub fn reference(op: Op, inputs: &Named, opts: &Options) -> Result<Vec<(&'static
                 &f("dh_res")?,
                 &opts.pre,
             );
-            vec![(r.dx, bf16), (r.dphi, f32), (r.dalpha, f32), (r.dbias, f32), (r.dgamma, f32)]
+            let s = r.term_rss;
+            vec![
+                (r.dx, bf16, None),
+                (r.dphi, f32, Some(s.dphi)),
+                (r.dalpha, f32, Some(s.dalpha)),
+                (r.dbias, f32, Some(s.dbias)),
+                (r.dgamma, f32, Some(s.dgamma)),
+            ]
         }
         Op::SinkhornForward | Op::SinkhornBackward => {
             let n = crate::core::shape::sinkhorn_dims("logits", get(inputs, "logits")?)?.n;
             if op == Op::SinkhornForward {
-                vec![(golden::sinkhorn_forward_f64(n, &f("logits")?, &opts.sinkhorn), f32)]
+                vec![(golden::sinkhorn_forward_f64(n, &f("logits")?, &opts.sinkhorn), f32, None)]
             } else {
                 let r = golden::sinkhorn_backward_f64(n, &f("logits")?, &f("d_out")?, &opts.sinkhorn);
-                vec![(r, Tolerance::sinkhorn_backward())]
+                vec![(r, Tolerance::sinkhorn_backward(), None)]
             }
         }
         Op::PostForward | Op::PostBackward => {
             let dims: Dims = post_inputs(inputs)?.validate()?;
             let (x, res, plm, comb) = (f("x")?, f("residual")?, f("post_layer_mix")?, f("comb_res_mix")?);
             if op == Op::PostForward {
-                vec![(golden::post_forward_f64(&dims, &x, &res, &plm, &comb), bf16)]
+                vec![(golden::post_forward_f64(&dims, &x, &res, &plm, &comb), bf16, None)]
             } else {
                 let r = golden::post_backward_f64(&dims, &x, &res, &plm, &comb, &f("d_out")?);
-                vec![(r.dx, bf16), (r.dresidual, bf16), (r.dpost_layer_mix, f32), (r.dcomb_res_mix, f32)]
+                [(r.dx, bf16), (r.dresidual, bf16), (r.dpost_layer_mix, f32), (r.dcomb_res_mix, f32)]
+                    .map(|(v, tol)| (v, tol, None))
+                    .into()
             }
         }
     };
-    Ok(named(op, refs).into_iter().map(|(name, (v, tol))| (name, v, tol)).collect())
+    Ok(named(op, refs)
+        .into_iter()
+        .map(|(name, (values, tol, term_rss))| Reference { name, values, tol, term_rss })
+        .collect())
 }
 
 /// Random inputs of `op` at `dims` (n x n logits for Sinkhorn), from `seed`.

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use half::{bf16, f16};
-use mhc::core::accuracy::compare;
 use mhc::core::random::seed_from_env;
 use mhc::core::{DType, Dims, HostTensor, Op, PreParams, SinkhornParams, TensorMeta};
 use mhc::exec::{Named, Options, random_inputs, reference};
@@ -190,8 +189,9 @@ fn run_and_check(
     }
     let refs = reference(op, inputs, opts).expect("reference");
     assert_eq!(refs.len(), expected.len());
-    for (name, r, tol) in &refs {
-        let c = compare(name, &outs[*name], r, *tol);
+    for r in &refs {
+        let name = r.name;
+        let c = r.compare(&outs[name]);
         assert!(
             c.passed(),
             "{name} of {} on {device}: {:?}; max err {:.3e}, norm err {:.3e}\n{ctx}",
@@ -322,7 +322,7 @@ fn run_honours_options() {
             let outs = run_and_check(&dir.path().join("opts"), op, device, &inputs, &extra, &opts, &expected);
             let defaults = reference(op, &inputs, &Options::default()).unwrap();
             assert!(
-                defaults.iter().any(|(name, r, tol)| !compare(name, &outs[*name], r, *tol).passed()),
+                defaults.iter().any(|r| !r.compare(&outs[r.name]).passed()),
                 "{} on {device}: outputs also match the default options; were {extra:?} ignored?",
                 op.name()
             );
@@ -344,9 +344,8 @@ fn run_honours_options() {
         set(&mut o);
         let extra = [flag.to_string(), value.to_string()];
         let outs = run_and_check(&dir.path().join(&flag[2..]), op, "gpu", &inputs, &extra, &o, &expected);
-        let (_, r, tol) =
-            reference(op, &inputs, &Options::default()).unwrap().into_iter().find(|r| r.0 == output).unwrap();
-        assert!(!compare(output, &outs[output], &r, tol).passed(), "{flag} {value} did not change {output}");
+        let r = reference(op, &inputs, &Options::default()).unwrap().into_iter().find(|r| r.name == output).unwrap();
+        assert!(!r.compare(&outs[output]).passed(), "{flag} {value} did not change {output}");
     }
 }
 

@@ -104,10 +104,7 @@ fn run_pre_backward_with(
     } else {
         check(ctx, &format!("{what} dx"), &out.dx, &r.dx, None, seed);
     }
-    check(ctx, &format!("{what} dphi"), &out.dphi, &r.dphi, None, seed);
-    check(ctx, &format!("{what} dalpha"), &out.dalpha, &r.dalpha, None, seed);
-    check(ctx, &format!("{what} dbias"), &out.dbias, &r.dbias, None, seed);
-    check(ctx, &format!("{what} dgamma"), &out.dgamma, &r.dgamma, None, seed);
+    check_weight_grads(ctx, &what, &out, &r, seed);
 }
 
 #[test]

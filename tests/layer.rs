@@ -104,10 +104,7 @@ fn run_pre_backward(t: usize, n: usize, d: usize, gamma: bool, sinkhorn: Option<
     );
     let what = format!("MhcPre backward T={t} n={n} D={d} gamma={gamma} sinkhorn={}", sinkhorn.is_some());
     check(ctx, &format!("{what} dx"), &grads.dx, &r.dx, None, seed);
-    check(ctx, &format!("{what} dphi"), &grads.dphi, &r.dphi, None, seed);
-    check(ctx, &format!("{what} dalpha"), &grads.dalpha, &r.dalpha, None, seed);
-    check(ctx, &format!("{what} dbias"), &grads.dbias, &r.dbias, None, seed);
-    check(ctx, &format!("{what} dgamma"), &grads.dgamma, &r.dgamma, None, seed);
+    check_weight_grads(ctx, &what, &grads, &r, seed);
 }
 
 #[test]

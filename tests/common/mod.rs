@@ -3,8 +3,8 @@
 
 use std::sync::OnceLock;
 
-use mhc::core::accuracy::{Tolerance, compare};
-use mhc::core::golden::{pre_forward_f64, sinkhorn_forward_f64};
+use mhc::core::accuracy::{Comparison, Tolerance, compare, compare_sum};
+use mhc::core::golden::{PreGradsF64, pre_forward_f64, sinkhorn_forward_f64};
 use mhc::core::random::{PreInputs, TensorRng, seed_from_env};
 use mhc::core::{DType, Dims, Error, HostTensor, PreForwardInputs, PreParams, SinkhornParams, TensorMeta};
 use mhc::runtime::{Context, ContextOptions, GpuTensor, ops};
@@ -111,9 +111,28 @@ pub fn check_per_token(ctx: &Context, name: &str, out: &GpuTensor, reference: &[
     }
 }
 
+/// mhc_pre backward's weight gradients against `r`: sums over tokens, each checked with
+/// `compare_sum` (SPEC.md's f32 tolerance plus the rounding of its terms).
+pub fn check_weight_grads(ctx: &Context, what: &str, out: &ops::PreBackwardOutputs, r: &PreGradsF64, seed: u64) {
+    let s = &r.term_rss;
+    for (name, t, reference, rss) in [
+        ("dphi", &out.dphi, &r.dphi, &s.dphi),
+        ("dalpha", &out.dalpha, &r.dalpha, &s.dalpha),
+        ("dbias", &out.dbias, &r.dbias, &s.dbias),
+        ("dgamma", &out.dgamma, &r.dgamma, &s.dgamma),
+    ] {
+        let name = format!("{what} {name}");
+        let host = t.read(ctx).unwrap_or_else(|e| panic!("reading {name}: {e}"));
+        assert_passed(&name, &host, compare_sum(&name, &host, reference, rss, Tolerance::for_dtype(DType::F32)), seed);
+    }
+}
+
 pub fn check_host(name: &str, host: &HostTensor, reference: &[f64], tol: Option<Tolerance>, seed: u64) {
     let tol = tol.unwrap_or_else(|| Tolerance::for_dtype(host.dtype()));
-    let c = compare(name, host, reference, tol);
+    assert_passed(name, host, compare(name, host, reference, tol), seed);
+}
+
+fn assert_passed(name: &str, host: &HostTensor, c: Comparison, seed: u64) {
     assert!(
         c.passed(),
         "{name} {:?}: {} (max err {:.3e}, norm err {:.3e}); replay with MHC_SEED={seed}",

@@ -53,15 +53,50 @@ impl Comparison {
 /// Compares `out` with `reference` under `tol`; NaN or Inf never passes where the reference is
 /// finite, and a length mismatch is a failure, not a panic.
 pub fn compare(tensor: &str, out: &HostTensor, reference: &[f64], tol: Tolerance) -> Comparison {
+    compare_with(tensor, out, reference, None, tol)
+}
+
+/// How many f32 roundings of its terms' size [`compare_sum`] lets a sum carry beyond `tol`.
+/// mhc's kernels on lavapipe took up to 6 (dalpha at n = 8, dgamma over 530,000 tokens).
+pub const SUM_ROUNDINGS: f64 = 16.0;
+
+/// The relative rounding error of f32, 2^-24.
+const F32_ROUNDING: f64 = 1.0 / 16_777_216.0;
+
+/// [`compare`] for an output that sums many terms (a weight gradient summed over tokens), which
+/// may cancel to far below the terms: its f32 rounding error then follows the terms, not the
+/// sum, and no f32 evaluation meets a bound relative to the sum on every draw (a dgamma whose
+/// six terms' magnitudes add to 959 times its value failed SPEC.md's 1e-5 from the terms'
+/// rounding alone). Each element, and the norm, may be off by [`SUM_ROUNDINGS`] f32 roundings
+/// (2^-24 each) of `term_rss`, the root-sum-square of that element's terms, beyond `tol`. Where
+/// the terms do not cancel, that adds a tenth of SPEC.md's f32 bound or less; a wrong or
+/// missing term is still off by about a term.
+pub fn compare_sum(tensor: &str, out: &HostTensor, reference: &[f64], term_rss: &[f64], tol: Tolerance) -> Comparison {
+    compare_with(tensor, out, reference, Some(term_rss), tol)
+}
+
+fn compare_with(
+    tensor: &str,
+    out: &HostTensor,
+    reference: &[f64],
+    term_rss: Option<&[f64]>,
+    tol: Tolerance,
+) -> Comparison {
     let got = out.to_f64();
     let mut c =
         Comparison { tensor: tensor.into(), max_abs_err: 0.0, max_err_of_max: 0.0, norm_err: 0.0, failure: None };
-    if got.len() != reference.len() {
-        c.failure = Some(format!("{} elements, reference has {}", got.len(), reference.len()));
+    if got.len() != reference.len() || term_rss.is_some_and(|r| r.len() != reference.len()) {
+        c.failure = Some(format!(
+            "{} elements, reference has {}{}",
+            got.len(),
+            reference.len(),
+            term_rss.map_or(String::new(), |r| format!(", its term scales {}", r.len()))
+        ));
         return c;
     }
+    let allowed = |i: usize| term_rss.map_or(0.0, |r| SUM_ROUNDINGS * F32_ROUNDING * r[i]);
     let max_ref = reference.iter().fold(0.0f64, |m, r| m.max(r.abs()));
-    let (mut diff2, mut ref2) = (0.0, 0.0);
+    let (mut diff2, mut ref2, mut allowed2) = (0.0, 0.0, 0.0);
     for (i, (&o, &r)) in got.iter().zip(reference).enumerate() {
         let e = (o - r).abs();
         if !o.is_finite() && r.is_finite() {
@@ -71,15 +106,24 @@ pub fn compare(tensor: &str, out: &HostTensor, reference: &[f64], tol: Tolerance
         }
         diff2 += e * e;
         ref2 += r * r;
+        allowed2 += allowed(i) * allowed(i);
         c.max_abs_err = c.max_abs_err.max(e);
-        if e > tol.rel * r.abs() + tol.abs_of_max * max_ref {
+        if e > tol.rel * r.abs() + tol.abs_of_max * max_ref + allowed(i) {
             c.failure.get_or_insert_with(|| format!("element {i}: {o} vs reference {r} (shape {:?})", out.shape()));
         }
     }
     c.max_err_of_max = if max_ref > 0.0 { c.max_abs_err / max_ref } else { c.max_abs_err };
     c.norm_err = if ref2 > 0.0 { (diff2 / ref2).sqrt() } else { diff2.sqrt() };
-    if c.failure.is_none() && diff2.sqrt() > tol.norm * ref2.sqrt() {
-        c.failure = Some(format!("relative L2 error {:.3e} above {:.1e}", c.norm_err, tol.norm));
+    let bound = tol.norm * ref2.sqrt() + allowed2.sqrt();
+    if c.failure.is_none() && diff2.sqrt() > bound {
+        c.failure = Some(match term_rss {
+            None => format!("relative L2 error {:.3e} above {:.1e}", c.norm_err, tol.norm),
+            Some(_) => format!(
+                "L2 error {:.3e} above {bound:.3e} ({:.1e} of the reference's + {SUM_ROUNDINGS} roundings of its terms')",
+                diff2.sqrt(),
+                tol.norm
+            ),
+        });
     }
     c
 }

@@ -1,8 +1,9 @@
-//! accuracy::compare, the acceptance test of SPEC.md section 5: exact copies pass, non-finite
-//! values never pass against a finite reference, and the element and norm bounds sit exactly
-//! where the spec puts them, for both dtypes.
+//! accuracy::compare, the acceptance test of SPEC.md section 5, and compare_sum, its form for
+//! sums over tokens: exact copies pass, non-finite values never pass against a finite
+//! reference, and the element and norm bounds sit exactly where the spec puts them, for both
+//! dtypes.
 
-use mhc_core::accuracy::{Tolerance, compare};
+use mhc_core::accuracy::{SUM_ROUNDINGS, Tolerance, compare, compare_sum};
 use mhc_core::{DType, HostTensor, bf16};
 
 const N: usize = 10_000;
@@ -172,4 +173,54 @@ fn reported_errors() {
     assert!(c.passed());
     assert!((c.max_abs_err - 2e-4).abs() < 1e-12, "{c:?}");
     assert!((c.max_err_of_max - 0.5e-4).abs() < 1e-12, "{c:?}");
+}
+
+/// A sum that cancelled: out = [2^-10, -2^-9, 0.5] exactly in f32, the first element's terms
+/// with a root-sum-square of 64, and the reference moved from out by `delta` there.
+fn cancelled(delta: f64) -> (HostTensor, Vec<f64>, Vec<f64>) {
+    let out = vec![2f64.powi(-10), -(2f64.powi(-9)), 0.5];
+    let t = HostTensor::from_f64([3], DType::F32, &out).unwrap();
+    assert_eq!(t.to_f64(), out);
+    let mut r = out;
+    r[0] -= delta;
+    (t, r, vec![64.0, 1.0, 1.0])
+}
+
+#[test]
+fn sum_bound_adds_the_rounding_of_its_terms() {
+    let tol = Tolerance::for_dtype(DType::F32);
+    // The norm binds: 1e-5 * ||ref|| plus SUM_ROUNDINGS * 2^-24 * ||rss||.
+    let (_, r, rss) = cancelled(0.0);
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let bound = 1e-5 * norm(&r) + SUM_ROUNDINGS * 2f64.powi(-24) * norm(&rss);
+    let (t, r, rss) = cancelled(bound * 0.99);
+    assert!(!compare("dgamma", &t, &r, tol).passed(), "SPEC's bound alone fails it");
+    let c = compare_sum("dgamma", &t, &r, &rss, tol);
+    assert!(c.passed(), "{c:?}");
+    let (t, r, rss) = cancelled(bound * 1.01);
+    let c = compare_sum("dgamma", &t, &r, &rss, tol);
+    assert!(!c.passed(), "{c:?}");
+    assert!(c.failure.as_ref().unwrap().contains("roundings of its terms"), "{c:?}");
+    // An error of a term's size (the terms are about 64 / sqrt(count)) is far outside it.
+    let (t, r, rss) = cancelled(1.0);
+    assert!(!compare_sum("dgamma", &t, &r, &rss, tol).passed());
+    // With terms of no size it is SPEC's bound.
+    for delta in [bound * 0.99, 1e-5 * norm(&r) * 0.99] {
+        let (t, r, _) = cancelled(delta);
+        let (a, b) = (compare_sum("dgamma", &t, &r, &[0.0; 3], tol), compare("dgamma", &t, &r, tol));
+        assert_eq!((a.passed(), a.max_abs_err, a.norm_err), (b.passed(), b.max_abs_err, b.norm_err), "{a:?}");
+    }
+}
+
+#[test]
+fn sum_bound_keeps_the_other_failures() {
+    let tol = Tolerance::for_dtype(DType::F32);
+    let (_, r, rss) = cancelled(0.0);
+    let t = HostTensor::from_f32([3], vec![f32::NAN, -(2f32.powi(-9)), 0.5]).unwrap();
+    assert!(!compare_sum("dgamma", &t, &r, &rss, tol).passed(), "NaN passed");
+    let (t, r, rss) = cancelled(0.0);
+    assert!(compare_sum("dgamma", &t, &r, &rss, tol).passed());
+    let c = compare_sum("dgamma", &t, &r, &rss[..2], tol);
+    assert!(!c.passed());
+    assert!(c.failure.as_ref().unwrap().contains("term scales 2"), "{c:?}");
 }

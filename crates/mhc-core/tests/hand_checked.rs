@@ -131,6 +131,33 @@ fn pre_backward_n1_d1() {
     close("dx", &g.dx, &[sig(1.0)]);
     // dgamma = v * dv_mm = 2 * inv_rms * (g0 * 1 + g1 * -1 + g2 * 0.5).
     close("dgamma", &g.dgamma, &[g0 - g1 + 1.0]);
+    // One token, one term a sum: each root-sum-square is the term's size.
+    let s = &g.term_rss;
+    close("term_rss dphi", &s.dphi, &[g0, g1, g2]);
+    close("term_rss dalpha", &s.dalpha, &[g0, g1, 0.5]);
+    close("term_rss dbias", &s.dbias, &[g0, g1, 1.0]);
+    close("term_rss dgamma", &s.dgamma, &[g0 - g1 + 1.0]);
+
+    // The same token again with the output gradients negated: every gradient is linear in
+    // them, so the weight gradients cancel to 0 while their terms' root-sum-squares grow by
+    // sqrt(2), and dx is the first token's negated.
+    let dims2 = Dims::new(2, 1, 1).unwrap();
+    let two = |v: &[f64]| [v, v].concat();
+    let (inv, mix, pre, post) = (two(&f.inv_rms), two(&f.h_mix), two(&f.h_pre), two(&f.h_post));
+    let saved2 = PreSaved { inv_rms: &inv, h_mix: &mix, h_pre: &pre, h_post: &post };
+    let neg = [1.0, -1.0];
+    let g2t = golden::pre_backward_f64(&dims2, &two(&x), &phi, &alpha, None, saved2, &neg, &neg, &neg, &EXACT);
+    close("dx", &g2t.dx, &[sig(1.0), -sig(1.0)]);
+    let r2 = std::f64::consts::SQRT_2;
+    for (name, sum, rss, one) in [
+        ("dphi", &g2t.dphi, &g2t.term_rss.dphi, &s.dphi),
+        ("dalpha", &g2t.dalpha, &g2t.term_rss.dalpha, &s.dalpha),
+        ("dbias", &g2t.dbias, &g2t.term_rss.dbias, &s.dbias),
+        ("dgamma", &g2t.dgamma, &g2t.term_rss.dgamma, &s.dgamma),
+    ] {
+        close(name, sum, &vec![0.0; sum.len()]);
+        close(&format!("term_rss {name}"), rss, &one.iter().map(|v| v * r2).collect::<Vec<_>>());
+    }
 }
 
 fn sk(n: usize, logits: &[f64], iters: u32, eps: f32) -> Vec<f64> {

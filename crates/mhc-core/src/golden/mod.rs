@@ -8,8 +8,8 @@ mod sinkhorn;
 
 pub use post::{PostGrads, PostGradsF64, post_backward, post_backward_f64, post_forward, post_forward_f64};
 pub use pre::{
-    PreForward, PreForwardF64, PreGrads, PreGradsF64, PreSaved, pre_backward, pre_backward_f64, pre_forward,
-    pre_forward_f64,
+    PreForward, PreForwardF64, PreGradSums, PreGrads, PreGradsF64, PreSaved, pre_backward, pre_backward_f64,
+    pre_forward, pre_forward_f64,
 };
 pub use sinkhorn::{sinkhorn_backward, sinkhorn_backward_f64, sinkhorn_forward, sinkhorn_forward_f64};
 

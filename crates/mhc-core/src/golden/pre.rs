@@ -93,6 +93,23 @@ pub struct PreGradsF64 {
     pub dbias: Vec<f64>,
     /// Gradient of `gamma`, `[K]` (also when gamma is absent).
     pub dgamma: Vec<f64>,
+    /// The root-sum-square of the terms summed into each element of the sums above: the
+    /// scale of an f32 sum's rounding error (see `accuracy::compare_sum`).
+    pub term_rss: PreGradSums,
+}
+
+/// Per element of each of mhc_pre's weight gradients, a value over its terms (see
+/// [`PreGradsF64::term_rss`]).
+#[derive(Debug, Clone)]
+pub struct PreGradSums {
+    /// Of `dphi`'s, `[M*K]`.
+    pub dphi: Vec<f64>,
+    /// Of `dalpha`'s, `[3]`.
+    pub dalpha: Vec<f64>,
+    /// Of `dbias`'s, `[M]`.
+    pub dbias: Vec<f64>,
+    /// Of `dgamma`'s, `[K]`.
+    pub dgamma: Vec<f64>,
 }
 
 /// SPEC.md section 2 on flat f64 slices.
@@ -112,13 +129,17 @@ pub fn pre_backward_f64(
     let (t, n, d, k, m) = (dims.t, dims.n, dims.d, dims.k(), dims.m());
     let hc_eps = p.hc_eps as f64;
     let post_mult = p.post_mult as f64;
+    let zeros = PreGradSums { dphi: vec![0.0; m * k], dalpha: vec![0.0; 3], dbias: vec![0.0; m], dgamma: vec![0.0; k] };
     let mut gr = PreGradsF64 {
         dx: vec![0.0; t * k],
-        dphi: vec![0.0; m * k],
-        dalpha: vec![0.0; 3],
-        dbias: vec![0.0; m],
-        dgamma: vec![0.0; k],
+        dphi: zeros.dphi.clone(),
+        dalpha: zeros.dalpha.clone(),
+        dbias: zeros.dbias.clone(),
+        dgamma: zeros.dgamma.clone(),
+        term_rss: zeros,
     };
+    // Squares of the terms first, their roots at the end.
+    let sq = &mut gr.term_rss;
     let gam = |i: usize| gamma.map_or(1.0, |g| g[i]);
     let (mut g, mut dh_mix, mut dv_mm) = (vec![0.0; m], vec![0.0; m], vec![0.0; k]);
     for tok in 0..t {
@@ -135,16 +156,24 @@ pub fn pre_backward_f64(
             let dh_post2 = dh_post[tok * n + i] * hp * (1.0 - hp / post_mult);
             g[i] = alpha[0] * dh_pre2;
             g[n + i] = alpha[1] * dh_post2;
-            gr.dalpha[0] += dh_pre2 * h_mix[i] * inv_rms;
-            gr.dalpha[1] += dh_post2 * h_mix[n + i] * inv_rms;
+            let (a0, a1) = (dh_pre2 * h_mix[i] * inv_rms, dh_post2 * h_mix[n + i] * inv_rms);
+            gr.dalpha[0] += a0;
+            gr.dalpha[1] += a1;
             gr.dbias[i] += dh_pre2;
             gr.dbias[n + i] += dh_post2;
+            sq.dalpha[0] += a0 * a0;
+            sq.dalpha[1] += a1 * a1;
+            sq.dbias[i] += dh_pre2 * dh_pre2;
+            sq.dbias[n + i] += dh_post2 * dh_post2;
         }
         for r in 0..n * n {
             let dr = dh_res[tok * n * n + r];
             g[2 * n + r] = alpha[2] * dr;
-            gr.dalpha[2] += dr * h_mix[2 * n + r] * inv_rms;
+            let a2 = dr * h_mix[2 * n + r] * inv_rms;
+            gr.dalpha[2] += a2;
             gr.dbias[2 * n + r] += dr;
+            sq.dalpha[2] += a2 * a2;
+            sq.dbias[2 * n + r] += dr * dr;
         }
         let mut dinv_rms = 0.0;
         for mi in 0..m {
@@ -155,9 +184,12 @@ pub fn pre_backward_f64(
         for mi in 0..m {
             let row = &phi[mi * k..(mi + 1) * k];
             let dphi = &mut gr.dphi[mi * k..(mi + 1) * k];
+            let dphi_sq = &mut sq.dphi[mi * k..(mi + 1) * k];
             for kk in 0..k {
                 dv_mm[kk] += dh_mix[mi] * row[kk];
-                dphi[kk] += dh_mix[mi] * v[kk] * gam(kk);
+                let term = dh_mix[mi] * v[kk] * gam(kk);
+                dphi[kk] += term;
+                dphi_sq[kk] += term * term;
             }
         }
         let rms_term = dinv_rms * inv_rms.powi(3) / k as f64;
@@ -165,7 +197,11 @@ pub fn pre_backward_f64(
             let (i, dd) = (kk / d, kk % d);
             gr.dx[tok * k + kk] = dv_mm[kk] * gam(kk) - rms_term * v[kk] + h_pre[i] * dhi[dd];
             gr.dgamma[kk] += v[kk] * dv_mm[kk];
+            sq.dgamma[kk] += (v[kk] * dv_mm[kk]).powi(2);
         }
+    }
+    for v in [&mut sq.dphi, &mut sq.dalpha, &mut sq.dbias, &mut sq.dgamma] {
+        v.iter_mut().for_each(|e| *e = e.sqrt());
     }
     gr
 }
