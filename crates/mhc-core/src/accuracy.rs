@@ -57,8 +57,10 @@ pub fn compare(tensor: &str, out: &HostTensor, reference: &[f64], tol: Tolerance
 }
 
 /// How many f32 roundings of its terms' size [`compare_sum`] lets a sum carry beyond `tol`.
-/// mhc's kernels on lavapipe took up to 6 (dalpha at n = 8, dgamma over 530,000 tokens).
-pub const SUM_ROUNDINGS: f64 = 16.0;
+/// mhc's kernels took up to 6.5 at the tests' small shapes on lavapipe and an H100, and up to
+/// 26 on the H100 over 530,000 tokens (n = 1, D = 10: longer runs of tokens summed in turn),
+/// where SPEC.md's part of the bound was still 6 times their error.
+pub const SUM_ROUNDINGS: f64 = 32.0;
 
 /// The relative rounding error of f32, 2^-24.
 const F32_ROUNDING: f64 = 1.0 / 16_777_216.0;
@@ -69,7 +71,7 @@ const F32_ROUNDING: f64 = 1.0 / 16_777_216.0;
 /// six terms' magnitudes add to 959 times its value failed SPEC.md's 1e-5 from the terms'
 /// rounding alone). Each element, and the norm, may be off by [`SUM_ROUNDINGS`] f32 roundings
 /// (2^-24 each) of `term_rss`, the root-sum-square of that element's terms, beyond `tol`. Where
-/// the terms do not cancel, that adds a tenth of SPEC.md's f32 bound or less; a wrong or
+/// the terms do not cancel, that adds a fifth of SPEC.md's f32 bound or less; a wrong or
 /// missing term is still off by about a term.
 pub fn compare_sum(tensor: &str, out: &HostTensor, reference: &[f64], term_rss: &[f64], tol: Tolerance) -> Comparison {
     compare_with(tensor, out, reference, Some(term_rss), tol)
