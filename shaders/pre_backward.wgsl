@@ -289,14 +289,16 @@ fn token_scalars(u: u32) -> array<vec4<f32>, TV> {
 // session). Only the tokens of a chunk with such a coef come here. Even so, the check and the
 // redo cost `cols` 1.5-1.9% on an H100 (thirty-second session), hence the flag.
 struct BigCoef {
+    // The token's staged scalars (`token_scalars`).
+    hv: array<vec4<f32>, TV>,
     // (sum of dh_mix * h_mix) * frexp(inv_rms).fract / K
     scale: f32,
     exp: i32,
     inv_rms: f32,
 }
 
-// The factors of coef for token u of the staged chunk (tok in the dispatch), summed once for
-// all of an invocation's columns.
+// The scalars and the factors of coef for token u of the staged chunk (tok in the dispatch),
+// loaded and summed once for all of an invocation's columns.
 fn big_coef_of(u: u32, tok: u32) -> BigCoef {
     let hv = token_scalars(u);
     var dinv = 0.0;
@@ -305,15 +307,14 @@ fn big_coef_of(u: u32, tok: u32) -> BigCoef {
 #endunroll
     let inv = inv_rms[tok];
     let f = frexp(inv);
-    return BigCoef(dinv * f.fract / f32(K), f.exp, inv);
+    return BigCoef(hv, dinv * f.fract / f32(K), f.exp, inv);
 }
 
 // dx of token u at a column with x value v, dh_in value dh, phi column p, gamma g and stream i.
 fn dx_big_coef(u: u32, b: BigCoef, v: f32, dh: f32, p: array<f32, M>, g: f32, i: u32) -> f32 {
-    let hv = token_scalars(u);
     var dv = 0.0;
 #unroll m M
-    dv += hv[{m} / 4u][{m} % 4u] * p[{m}];
+    dv += b.hv[{m} / 4u][{m} % 4u] * p[{m}];
 #endunroll
     return dv * g - ldexp(b.scale * (v * b.inv_rms), b.exp) + hpre_s[u * N + i] * dh;
 }
