@@ -196,8 +196,9 @@ pub fn pre_backward_f64(
         for kk in 0..k {
             let (i, dd) = (kk / d, kk % d);
             gr.dx[tok * k + kk] = dv_mm[kk] * gam(kk) - rms_term * v[kk] + h_pre[i] * dhi[dd];
-            gr.dgamma[kk] += v[kk] * dv_mm[kk];
-            sq.dgamma[kk] += (v[kk] * dv_mm[kk]).powi(2);
+            let term = v[kk] * dv_mm[kk];
+            gr.dgamma[kk] += term;
+            sq.dgamma[kk] += term * term;
         }
     }
     for v in [&mut sq.dphi, &mut sq.dalpha, &mut sq.dbias, &mut sq.dgamma] {
