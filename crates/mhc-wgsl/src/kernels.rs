@@ -198,9 +198,10 @@ pub struct SplitTile {
 }
 
 /// Workgroups `project` aims at. An H200 holds two of them on each of its 132 multiprocessors
-/// (180 registers an invocation, `examples/kernel_stats.rs`; and NVIDIA's driver fits at most
-/// 49152 bytes of a pipeline's workgroup memory on a multiprocessor, against 24576 a
-/// workgroup at n = 4), so 256 run as one wave; 320 or 384 took 10-30% longer there.
+/// (180 registers an invocation, `examples/kernel_stats.rs`; and on an H100 NVIDIA's driver
+/// fitted at most 49152 bytes of a pipeline's workgroup memory on a multiprocessor,
+/// docs/PERFORMANCE.md, against 24576 a workgroup at n = 4), so 256 run as one wave; 320 or
+/// 384 took 10-30% longer there.
 const SPLIT_TARGET_GROUPS: usize = 256;
 /// `main` adds a token's partials with one load each, unrolled: at most this many splits
 /// (`DECODE_MAX_SPLITS` for the decoding layout).
