@@ -229,9 +229,11 @@ impl SplitTile {
             return None;
         }
         let m = m_of(n);
-        // Longer chunks mean fewer barriers (16 words took 4-6% less time than 8 on an H200);
-        // two buffers of M x 8 columns x 4 bytes a word.
-        let chunk_words = (workgroup_storage / (64 * m)).clamp(1, 16);
+        // Longer chunks mean fewer barriers (16 words took 4-6% less time than 8 on an H200),
+        // but two workgroups must fit the device's workgroup memory: an H100 held one an SM
+        // past 24576 bytes, which took `project` 1.3x longer (`SPLIT_TARGET_GROUPS`). Two
+        // buffers of M x 8 columns x 4 bytes a word.
+        let chunk_words = (workgroup_storage / (2 * 64 * m)).clamp(1, 16);
         let chunk_words = 1 << chunk_words.ilog2();
         let words = n * d / 8;
         // Decoding: one token an invocation, 32 invocations, splits of 8-word chunks up to
@@ -434,4 +436,24 @@ pub fn bench() -> Spec {
 /// Optimiser steps on f32 parameters, one element an invocation.
 pub fn optim() -> Spec {
     Spec::new().with("WG", 256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_tiles_leave_room_for_two_workgroups() {
+        for storage in [16384, 32768, 49152, 65536] {
+            for n in 1..=8 {
+                for tokens in [1, 64, 4096, 16384] {
+                    let tile = SplitTile::for_shape(n, 2560, tokens, storage).unwrap();
+                    assert!(tile.chunk_words.is_power_of_two(), "{tile:?}");
+                    assert!(2 * tile.workgroup_bytes(n) <= storage, "n = {n}, {storage} bytes: {tile:?}");
+                }
+            }
+        }
+        // n = 4 on NVIDIA's 49152 bytes keeps the 16-word chunks it was tuned with.
+        assert_eq!(SplitTile::for_shape(4, 2560, 4096, 49152).unwrap().chunk_words, 16);
+    }
 }
