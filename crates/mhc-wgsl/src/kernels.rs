@@ -218,7 +218,12 @@ impl SplitTile {
 
     /// Bytes of workgroup memory `project` takes: phi's chunks, double-buffered.
     pub fn workgroup_bytes(&self, n: u32) -> u32 {
-        2 * m_of(n) * self.chunk_words * 32
+        self.chunk_words * Self::bytes_per_chunk_word(n)
+    }
+
+    /// Bytes of workgroup memory a word of chunk takes: two buffers of M x 8 columns x 4 bytes.
+    fn bytes_per_chunk_word(n: u32) -> u32 {
+        2 * m_of(n) * 32
     }
 
     /// The layout for `tokens` tokens of `n` streams of width `d` on a device with
@@ -231,9 +236,8 @@ impl SplitTile {
         let m = m_of(n);
         // Longer chunks mean fewer barriers (16 words took 4-6% less time than 8 on an H200),
         // but two workgroups must fit the device's workgroup memory: an H100 held one an SM
-        // past 24576 bytes, which took `project` 1.3x longer (`SPLIT_TARGET_GROUPS`). Two
-        // buffers of M x 8 columns x 4 bytes a word.
-        let chunk_words = (workgroup_storage / (2 * 64 * m)).clamp(1, 16);
+        // past 24576 bytes, which took `project` 1.3x longer (`SPLIT_TARGET_GROUPS`).
+        let chunk_words = (workgroup_storage / 2 / Self::bytes_per_chunk_word(n)).clamp(1, 16);
         let chunk_words = 1 << chunk_words.ilog2();
         let words = n * d / 8;
         // Decoding: one token an invocation, 32 invocations, splits of 8-word chunks up to
