@@ -236,7 +236,9 @@ impl SplitTile {
         let m = m_of(n);
         // Longer chunks mean fewer barriers (16 words took 4-6% less time than 8 on an H200),
         // but two workgroups must fit the device's workgroup memory: an H100 held one an SM
-        // past 24576 bytes, which took `project` 1.3x longer (`SPLIT_TARGET_GROUPS`).
+        // past 24576 bytes, which took `project` 1.3x longer (`SPLIT_TARGET_GROUPS`). At
+        // 8192 x 2560 on an H100, this rule's chunks were 1.13-1.23x faster than the longer
+        // ones that fit one workgroup, at n = 5, 6 and 8 (docs/PERFORMANCE.md).
         let chunk_words = (workgroup_storage / 2 / Self::bytes_per_chunk_word(n)).clamp(1, 16);
         let chunk_words = 1 << chunk_words.ilog2();
         let words = n * d / 8;
