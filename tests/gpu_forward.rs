@@ -123,6 +123,22 @@ fn pre_forward_split_layouts() {
     assert!(matches!(&err, Error::Param { name, .. } if name == "pre_forward_split"), "{err}");
 }
 
+/// Several tokens an invocation at n >= 5, where the default layout takes one (M > 24) but
+/// `MHC_PRE_SPLIT` may ask for more: 2 tokens of 128 invocations, a short last block, splits
+/// that end inside a chunk, chunks that fit 32 KB of workgroup memory.
+#[test]
+fn pre_forward_split_several_tokens_at_many_streams() {
+    for (n, chunk_words) in [(5, 8), (6, 8), (8, 4)] {
+        let tile = SplitTile { splits: 3, chunk_words, tokens_per_invocation: 2, invocations: 128, split_major: true };
+        let ctx = Context::with_options(ContextOptions {
+            pre_forward_split: Some(PreSplit::Tile(tile)),
+            ..Default::default()
+        })
+        .unwrap();
+        run_pre_forward(&ctx, 700, n, 48, true, None);
+    }
+}
+
 /// `main`'s walk of h_in newest chunk first, where each split starts a row of x and a slice
 /// of h_in holds whole splits, on a few tokens (a short last tile): the layouts of two bench
 /// shapes (4096 x 4 x 2560: splits of 5 chunks of 16 words, two splits a slice; 16384 x 4 x
