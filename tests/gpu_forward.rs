@@ -124,8 +124,8 @@ fn pre_forward_split_layouts() {
 }
 
 /// Several tokens an invocation at n >= 5, where the default layout takes one (M > 24) but
-/// `MHC_PRE_SPLIT` may ask for more: 2 tokens of 128 invocations, a short last block, splits
-/// that end inside a chunk, chunks that fit 32 KB of workgroup memory.
+/// `MHC_PRE_SPLIT` may ask for more: 2 tokens of 128 invocations, a short last block of
+/// tokens, a short last chunk of K at n = 5 and 6, chunks that fit 32 KB of workgroup memory.
 #[test]
 fn pre_forward_split_several_tokens_at_many_streams() {
     for (n, chunk_words) in [(5, 8), (6, 8), (8, 4)] {
