@@ -80,6 +80,12 @@ fn forward_in_little_workgroup_memory() {
     assert!(err.to_string().contains("the device has 256"), "{err}");
 }
 
+/// A context whose mhc_pre forward takes `tile` for its projection.
+fn ctx_split(tile: SplitTile) -> Context {
+    Context::with_options(ContextOptions { pre_forward_split: Some(PreSplit::Tile(tile)), ..Default::default() })
+        .unwrap()
+}
+
 /// Layouts of the f32 projection over splits of K: several chunks of phi a split (the
 /// double-buffered loop), a last chunk past K, splits with no columns (zero partials), several
 /// token blocks, token chunks and 2D grids.
@@ -92,11 +98,7 @@ fn pre_forward_split_layouts() {
         SplitTile { splits: 4, chunk_words: 16, tokens_per_invocation: 4, invocations: 32, split_major: false },
     ];
     for tile in tiles {
-        let ctx = Context::with_options(ContextOptions {
-            pre_forward_split: Some(PreSplit::Tile(tile)),
-            ..Default::default()
-        })
-        .unwrap();
+        let ctx = ctx_split(tile);
         run_pre_forward(&ctx, 300, 4, 256, true, None);
         run_pre_forward(&ctx, 1001, 2, 40, false, Some(SinkhornParams::default()));
         // gamma is applied as `project` stages phi, except with chunks of 3 words, which 16
@@ -114,11 +116,7 @@ fn pre_forward_split_layouts() {
     }
     let too_big =
         SplitTile { splits: 1, chunk_words: 4096, tokens_per_invocation: 1, invocations: 64, split_major: true };
-    let ctx = Context::with_options(ContextOptions {
-        pre_forward_split: Some(PreSplit::Tile(too_big)),
-        ..Default::default()
-    })
-    .unwrap();
+    let ctx = ctx_split(too_big);
     let err = pre_forward_error(&ctx, 8, 4, 64, true);
     assert!(matches!(&err, Error::Param { name, .. } if name == "pre_forward_split"), "{err}");
 }
@@ -130,11 +128,7 @@ fn pre_forward_split_layouts() {
 fn pre_forward_split_several_tokens_at_many_streams() {
     for (n, chunk_words) in [(5, 8), (6, 8), (8, 4)] {
         let tile = SplitTile { splits: 3, chunk_words, tokens_per_invocation: 2, invocations: 128, split_major: true };
-        let ctx = Context::with_options(ContextOptions {
-            pre_forward_split: Some(PreSplit::Tile(tile)),
-            ..Default::default()
-        })
-        .unwrap();
+        let ctx = ctx_split(tile);
         run_pre_forward(&ctx, 700, n, 48, true, None);
     }
 }
