@@ -116,6 +116,9 @@ fn pre_backward_matches_golden_over_shapes() {
     }
     run_pre_backward(ctx(), 1, 4, 64, true);
     run_pre_backward(ctx(), 300, 4, 64, false);
+    // Two columns an invocation at n = 5 and 6 (M = 35 and 48).
+    run_pre_backward(ctx(), 70, 5, 40, true);
+    run_pre_backward(ctx(), 70, 6, 38, false);
 }
 
 /// Tokens from 2^-30 to 2^100 times the usual in one workgroup: the token scalars of `rows`
@@ -138,10 +141,12 @@ fn pre_backward_extreme_magnitudes() {
 /// of 64 and one of 23 (a padded step), and a last segment of 82 tokens, also padded. Then
 /// with tokens whose coef passes f32's range (tiny x, no norm_eps) in the first and second
 /// chunks of segments, and past the first 64 tokens of the last, whose dx `cols` forms again
-/// after its steps.
+/// after its steps. At n = 6 (M = 48, two columns an invocation), K = 4608 gives 18 column
+/// blocks, so 44 segments of 75 tokens: a staged chunk of 64 and one of 11.
 #[test]
 fn pre_backward_long_token_segments() {
     run_pre_backward(ctx(), 2083, 4, 2048, true);
+    run_pre_backward(ctx(), 3299, 6, 768, false);
     let mut exps = vec![0; 2083];
     for (tok, e) in [(5, -100), (65, -90), (160, -110), (200, 80), (2082, -80)] {
         exps[tok] = e;
@@ -172,6 +177,7 @@ fn backward_reductions_in_clusters_smaller_than_subgroups() {
 fn backward_in_little_workgroup_memory() {
     run_pre_backward(ctx_small_workgroup_memory(), 70, 4, 256, true);
     run_pre_backward(ctx_small_workgroup_memory(), 9, 8, 127, false);
+    run_pre_backward(ctx_small_workgroup_memory(), 70, 6, 64, true);
     run_post_backward(ctx_small_workgroup_memory(), 5, 4, 64, false);
     run_post_backward(ctx_small_workgroup_memory(), 3, 8, 5, true);
 }

@@ -121,11 +121,13 @@ fn pre_forward_split_layouts() {
     assert!(matches!(&err, Error::Param { name, .. } if name == "pre_forward_split"), "{err}");
 }
 
-/// Several tokens an invocation at n >= 5, where the default layout takes one (M > 24) but
-/// `MHC_PRE_SPLIT` may ask for more: 2 tokens of 128 invocations, a short last block of
-/// tokens, a short last chunk of K at n = 5 and 6, chunks that fit 32 KB of workgroup memory.
+/// Two tokens an invocation at n >= 5 (M > 24, up to 162 sums an invocation): the default
+/// layout past the decoding layout's 64 tokens, and forced layouts of 128 invocations with a
+/// short last block of tokens, a short last chunk of K at n = 5 and 6, and chunks that fit
+/// 32 KB of workgroup memory.
 #[test]
 fn pre_forward_split_several_tokens_at_many_streams() {
+    run_pre_forward(ctx(), 300, 6, 40, true, None);
     for (n, chunk_words) in [(5, 8), (6, 8), (8, 4)] {
         let tile = SplitTile { splits: 3, chunk_words, tokens_per_invocation: 2, invocations: 128, split_major: true };
         let ctx = ctx_split(tile);

@@ -264,12 +264,13 @@ impl SplitTile {
         // faster from 8192 tokens (16384 x 4096: 427-439 us for `project` against 463 us with
         // 2; 8192 x 7168: 551 against 569 us for the operator; 8192 x 10240, with split-major
         // partials: 139.8 against 150.8 us for `project`), not at 4096 x 10240 (89.6 against
-        // 82.8: twice the splits, of 2-3 chunks each).
-        let tokens_per_invocation = match m {
-            ..=24 if n * d >= 10240 && tokens >= 8192 => 4,
-            ..=24 => 2,
-            _ => 1,
-        };
+        // 82.8: twice the splits, of 2-3 chunks each). Above n = 4 (M > 24), on an H100 at
+        // 8192 x 2560 with 256 workgroups, 2 tokens took `project` 1.38-1.47x less time than 1
+        // (n = 5: 352.4-355.2 -> 253.1-255.3 us, n = 6: 527.1-529.7 -> 371.1-372.6, n = 8:
+        // 1084.0-1090.6 -> 744.1-748.6; 16384 x 5 x 4096: 1043.0-1045.4 -> 722.4-728.6), and 4
+        // tokens 1.1-5.3x more than 2 (278.4-279.5, 1032.0-1032.1, 3950.0-3953.1;
+        // docs/PERFORMANCE.md).
+        let tokens_per_invocation = if m <= 24 && n * d >= 10240 && tokens >= 8192 { 4 } else { 2 };
         let invocations = 128;
         let blocks = tokens.div_ceil((invocations * tokens_per_invocation) as usize).max(1);
         let chunks = words.div_ceil(chunk_words);
@@ -360,13 +361,20 @@ pub fn pre_forward_coop(n: u32, d: u32, tile: CoopTile) -> Spec {
 /// 0 allows (`dx_big_coef` in pre_backward.wgsl).
 pub fn pre_backward(n: u32, d: u32, has_gamma: bool, big_coef: bool, target: Target) -> Spec {
     let (tb, wg) = (8, 128);
-    let pair = d.is_multiple_of(2) && m_of(n) <= 24;
+    // Two columns an invocation (a whole word of x and dx, 8 tokens a step) double the
+    // registers held for phi and dphi's sums. Against one column (one token a step, dx's
+    // halves replaced by atomics), on an H100 at 8192 x 2560: pre backward 1337.6-1340.6 ->
+    // 631.7 us at n = 5 (the other run: 1868.2, every stage slow, not explained), 1595.0 ->
+    // 1157.3-1159.6 at n = 6, but 3559.0-3561.8 -> 5998.9-6023.3 at n = 8, with 320 sums and
+    // phi values an invocation (its registers were not read; docs/PERFORMANCE.md). n = 7 is
+    // not timed.
+    let pair = d.is_multiple_of(2) && m_of(n) <= 48;
     let cht = if pair { 64 } else { 32 };
     with_reduction(base(n, d, wg, target), tb * n)
         .with("TB", tb)
         // Tokens `cols` stages at a time (one barrier each): 64 was 0-1.5% faster than 32 on an
-        // H200 at n = 4. Kept at 32 for larger M, whose scalars would pass the 16 KB of
-        // workgroup memory every adapter has.
+        // H200 at n = 4. With PAIR (n <= 6) 64 tokens' scalars take under 15 KB, within the
+        // 16 KB of workgroup memory every adapter has; without PAIR 32 (not timed).
         .with("CHT", cht)
         .with("SL", (cht * (m_of(n) + 1)).div_ceil(wg))
         .with("HL", (cht * n).div_ceil(wg))
@@ -377,7 +385,6 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, big_coef: bool, target: Tar
         .with("TV", (m_of(n) + 4) / 4)
         .flag("HAS_GAMMA", has_gamma)
         .flag("BIG_COEF", big_coef)
-        // Two columns an invocation doubles the registers held for phi: only for small M.
         .flag("PAIR", pair)
 }
 
@@ -461,5 +468,15 @@ mod tests {
         }
         // n = 4 on NVIDIA's 49152 bytes keeps the 16-word chunks it was tuned with.
         assert_eq!(SplitTile::for_shape(4, 2560, 4096, 49152).unwrap().chunk_words, 16);
+    }
+
+    #[test]
+    fn split_tiles_take_two_tokens_an_invocation_above_four_streams() {
+        // The layouts timed fastest on an H100 at 8192 x 2560 (docs/PERFORMANCE.md).
+        for (n, chunk_words) in [(5, 8), (6, 8), (8, 4)] {
+            let tile =
+                SplitTile { splits: 8, chunk_words, tokens_per_invocation: 2, invocations: 128, split_major: true };
+            assert_eq!(SplitTile::for_shape(n, 2560, 8192, 49152), Some(tile), "n = {n}");
+        }
     }
 }
