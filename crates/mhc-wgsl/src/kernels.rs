@@ -365,9 +365,9 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, big_coef: bool, target: Tar
     // registers held for phi and dphi's sums. Against one column (one token a step, dx's
     // halves replaced by atomics), on an H100 at 8192 x 2560: pre backward 1337.6-1340.6 ->
     // 631.7 us at n = 5 (the other run: 1868.2, every stage slow, not explained), 1595.0 ->
-    // 1157.3-1159.6 at n = 6, but 3559.0-3561.8 -> 5998.9-6023.3 at n = 8, with 320 sums and
-    // phi values an invocation (its registers were not read; docs/PERFORMANCE.md). n = 7 is
-    // not timed.
+    // 1157.3-1159.6 at n = 6, but 2705.2-2706.4 -> 3816.4-3826.0 at n = 7 and 3559.0-3561.8
+    // -> 5998.9-6023.3 at n = 8, with 252 and 320 sums and phi values an invocation (its
+    // registers were not read; docs/PERFORMANCE.md).
     let pair = d.is_multiple_of(2) && m_of(n) <= 48;
     let cht = if pair { 64 } else { 32 };
     with_reduction(base(n, d, wg, target), tb * n)
