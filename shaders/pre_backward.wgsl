@@ -3,8 +3,9 @@
 // reduce.wgsl's RG, CL, RPL), UT tokens a step of `cols`, CHT tokens it stages at a time (a
 // multiple of UT), TV = (M + 4) / 4,
 // SL = ceil(CHT * (M + 1) / WG) and HL = ceil(CHT * N / WG) (scalars an invocation stages);
-// flags VEC4 (D % 8 == 0), PAIR (D % 2 == 0), HAS_GAMMA, SUBGROUP, BIG_COEF (norm_eps near 0:
-// see `dx_big_coef`).
+// flags VEC4 (D % 8 == 0), WORDS (D % 2 == 0: `cols` writes dx in whole words), PAIR (WORDS,
+// two columns an invocation), HAS_GAMMA, SUBGROUP, BIG_COEF (norm_eps near 0: see
+// `dx_big_coef`).
 //
 // Passes over the large tensors: x and dh_in are each read twice, dx written once.
 //   rows   (pass 1) per token: dh_pre = <dh_in, x_i> reduced over D, then the token's scalars:
@@ -53,7 +54,7 @@ const SMALL: u32 = M + 3u;
 #if HAS_GAMMA
 @group(0) @binding(13) var<storage, read> gamma: array<f32>;
 #endif
-#if PAIR
+#if WORDS
 @group(0) @binding(14) var<storage, read_write> dx: array<u32>;
 #else
 @group(0) @binding(14) var<storage, read_write> dx: array<atomic<u32>>;
@@ -347,10 +348,7 @@ fn add_partial(idx: u32, v: f32, is_phi: bool) {
     }
 }
 
-#if PAIR
-// Each invocation owns one u32 word of a row of x: columns k0 and k0 + 1 of the same stream.
-const CB: u32 = (K / 2u + WG - 1u) / WG;
-
+#if WORDS
 // Word c of x and the matching word of dh_in for UT tokens from tok0; zeros past t_end, so a
 // padded step multiplies zeros by its zeroed scalars. A step whose tokens all exist, nearly
 // every step, loads without a check a token (the branch is the same for the whole workgroup).
@@ -379,6 +377,10 @@ fn load_step(tok0: u32, t_end: u32, c: u32, d0: u32, xs: ptr<function, array<u32
     }
 #endunroll
 }
+
+#if PAIR
+// Each invocation owns one u32 word of a row of x: columns k0 and k0 + 1 of the same stream.
+const CB: u32 = (K / 2u + WG - 1u) / WG;
 
 @compute @workgroup_size(WG)
 fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -490,6 +492,119 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         add_partial(seg * K + k0 + 1u, ga1, false);
     }
 }
+#else
+// Even D at large M: one column an invocation (two would hold 4M sums and phi values), the
+// steps of PAIR's layout, and each step's dx put together in workgroup memory and stored as
+// whole words by every invocation, instead of one atomic replacement a bf16.
+const CB: u32 = (K + WG - 1u) / WG;
+
+var<workgroup> dx_s: array<f32, UT * WG>;
+#if BIG_COEF
+var<workgroup> redo_s: u32;
+#endif
+
+// Words [UT][WG / 2] of the step's dx from dx_s, UT / 2 an invocation; `first` is the
+// workgroup's first word of a row, `cnt` the tokens of the chunk from u0.
+fn store_dx_words(lid: u32, first: u32, tok0: u32, cnt: u32) {
+#unroll q UT>>1
+    {
+        let e = lid + {q} * WG;
+        let j = e / (WG / 2u);
+        let w = e % (WG / 2u);
+        if (j < cnt && first + w < K / 2u) {
+            dx[(tok0 + j) * (K / 2u) + first + w] = pack2(dx_s[j * WG + 2u * w], dx_s[j * WG + 2u * w + 1u]);
+        }
+    }
+#endunroll
+}
+
+@compute @workgroup_size(WG)
+fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let group = group_index(wid, nwg);
+    let seg = group / CB;
+    if (seg >= params.n_segs) {
+        return;
+    }
+    let kk = (group % CB) * WG + lid;
+    let valid = kk < K;
+    // Columns past K take K - 1's values: every invocation takes part in the barriers, and
+    // their words lie past the row, so they are never stored.
+    let k = min(kk, K - 1u);
+    let i = k / D;
+    let d = k % D;
+    let first = (group % CB) * (WG / 2u);
+    var p: array<f32, M>;
+#unroll m M
+    p[{m}] = phi[{m} * K + k];
+#endunroll
+    let g = gamma_at(k);
+    var a: array<f32, M>;
+    var ga = 0.0;
+    let t_begin = seg * params.seg_tokens;
+    let t_end = min(t_begin + params.seg_tokens, params.t);
+    var next_x: array<u32, UT>;
+    var next_g: array<u32, UT>;
+    load_step(t_begin, t_end, k / 2u, d & ~1u, &next_x, &next_g);
+    for (var tc = t_begin; tc < t_end; tc += CHT) {
+        let cnt = min(CHT, t_end - tc);
+        stage_tokens(lid, tc, cnt);
+        for (var u0 = 0u; u0 < cnt; u0 += UT) {
+            let words = next_x;
+            let gws = next_g;
+            load_step(tc + u0 + UT, t_end, k / 2u, d & ~1u, &next_x, &next_g);
+#unroll j UT
+            {
+                let u = u0 + {j};
+                let v = bf16_at(words[{j}], k);
+                var dv = 0.0;
+                let hv = token_scalars(u);
+#unroll m M
+                {
+                    let h = hv[{m} / 4u][{m} % 4u];
+                    dv += h * p[{m}];
+                    a[{m}] += h * v;
+                }
+#endunroll
+                dx_s[{j} * WG + lid] = dv * g - hv[M / 4u][M % 4u] * v + hpre_s[u * N + i] * bf16_at(gws[{j}], k);
+                ga += v * dv;
+            }
+#endunroll
+            workgroupBarrier();
+            store_dx_words(lid, first, tc + u0, cnt - u0);
+            workgroupBarrier();
+        }
+#if BIG_COEF
+        if (lid == 0u) {
+            redo_s = atomicLoad(&big_coef_chunk);
+        }
+        if (workgroupUniformLoad(&redo_s) == tc + 1u) {
+            // The steps' stores of the words rewritten here come first.
+            storageBarrier();
+            for (var u = 0u; u < cnt; u++) {
+                let tok = tc + u;
+                let big = big_coef(u);
+                if (big) {
+                    let xe = tok * K + k;
+                    let ge = tok * D + d;
+                    dx_s[lid] = dx_big_coef(u, big_coef_of(u, tok), bf16_at(xw[xe >> 1u], xe), bf16_at(dhw[ge >> 1u], ge), p, g, i);
+                }
+                workgroupBarrier();
+                if (big && lid < WG / 2u && first + lid < K / 2u) {
+                    dx[tok * (K / 2u) + first + lid] = pack2(dx_s[2u * lid], dx_s[2u * lid + 1u]);
+                }
+                workgroupBarrier();
+            }
+        }
+#endif
+    }
+    if (valid) {
+#unroll m M
+        add_partial(seg * M * K + {m} * K + k, a[{m}] * g, true);
+#endunroll
+        add_partial(seg * K + k, ga, false);
+    }
+}
+#endif
 #else
 // Odd D: one column an invocation; dx rows share words, so halves are replaced atomically.
 const CB: u32 = (K + WG - 1u) / WG;

@@ -142,7 +142,10 @@ fn pre_backward_extreme_magnitudes() {
 /// with tokens whose coef passes f32's range (tiny x, no norm_eps) in the first and second
 /// chunks of segments, and past the first 64 tokens of the last, whose dx `cols` forms again
 /// after its steps. At n = 6 (M = 48, two columns an invocation), K = 4608 gives 18 column
-/// blocks, so 44 segments of 75 tokens: a staged chunk of 64 and one of 11.
+/// blocks, so 44 segments of 75 tokens: a staged chunk of 64 and one of 11. At n = 8 (M = 80,
+/// one column an invocation, dx's words put together in workgroup memory), K = 4000 gives 32
+/// column blocks, the last of 32 columns, so 24 segments of 45 tokens: a chunk of 32 and one
+/// of 13; then with coefs past f32's range in both chunks and in the last token.
 #[test]
 fn pre_backward_long_token_segments() {
     run_pre_backward(ctx(), 2083, 4, 2048, true);
@@ -152,6 +155,12 @@ fn pre_backward_long_token_segments() {
         exps[tok] = e;
     }
     run_pre_backward_with(ctx(), 2083, 4, 2048, true, Some(&exps), 0.0);
+    run_pre_backward(ctx(), 1075, 8, 500, true);
+    let mut exps = vec![0; 1075];
+    for (tok, e) in [(5, -100), (40, -90), (1074, -80)] {
+        exps[tok] = e;
+    }
+    run_pre_backward_with(ctx(), 1075, 8, 500, true, Some(&exps), 0.0);
 }
 
 #[test]
@@ -178,6 +187,7 @@ fn backward_in_little_workgroup_memory() {
     run_pre_backward(ctx_small_workgroup_memory(), 70, 4, 256, true);
     run_pre_backward(ctx_small_workgroup_memory(), 9, 8, 127, false);
     run_pre_backward(ctx_small_workgroup_memory(), 70, 6, 64, true);
+    run_pre_backward(ctx_small_workgroup_memory(), 40, 8, 64, false);
     run_post_backward(ctx_small_workgroup_memory(), 5, 4, 64, false);
     run_post_backward(ctx_small_workgroup_memory(), 3, 8, 5, true);
 }

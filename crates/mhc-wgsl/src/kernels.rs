@@ -361,20 +361,22 @@ pub fn pre_forward_coop(n: u32, d: u32, tile: CoopTile) -> Spec {
 /// 0 allows (`dx_big_coef` in pre_backward.wgsl).
 pub fn pre_backward(n: u32, d: u32, has_gamma: bool, big_coef: bool, target: Target) -> Spec {
     let (tb, wg) = (8, 128);
-    // Two columns an invocation (a whole word of x and dx, 8 tokens a step) double the
-    // registers held for phi and dphi's sums. Against one column (one token a step, dx's
-    // halves replaced by atomics), on an H100 at 8192 x 2560: pre backward 1337.6-1340.6 ->
-    // 631.7 us at n = 5 (the other run: 1868.2, every stage slow, not explained), 1595.0 ->
-    // 1157.3-1159.6 at n = 6, but 2705.2-2706.4 -> 3816.4-3826.0 at n = 7 and 3559.0-3561.8
-    // -> 5998.9-6023.3 at n = 8, with 252 and 320 sums and phi values an invocation (its
-    // registers were not read; docs/PERFORMANCE.md).
+    // Even D: `cols` steps over 8 tokens at a time and writes dx in whole words (WORDS). Two
+    // columns an invocation (PAIR) double the registers held for phi and dphi's sums, so above
+    // n = 6 an invocation takes one column and a step's dx is put together in workgroup memory.
+    // On an H100 (docs/PERFORMANCE.md), against the odd-D layout these replaced (one column,
+    // one token a step, two atomics a bf16 of dx), pre backward at 8192 x 2560 took: n = 5 with
+    // PAIR 1337.6-1340.6 -> 630.0-631.7 us (one run of six 1868.2, every stage slow, not
+    // explained); n = 6 with PAIR 1595.0 -> 1157.3-1159.6; n = 7 2703.2-2706.4 -> 1788.9-1791.3
+    // with one column, 3816.4-3826.0 with PAIR; n = 8 3559.0-3571.9 -> 3212.9-3214.9 with one
+    // column, 5998.9-6023.3 with PAIR.
     let pair = d.is_multiple_of(2) && m_of(n) <= 48;
     let cht = if pair { 64 } else { 32 };
     with_reduction(base(n, d, wg, target), tb * n)
         .with("TB", tb)
         // Tokens `cols` stages at a time (one barrier each): 64 was 0-1.5% faster than 32 on an
         // H200 at n = 4. With PAIR (n <= 6) 64 tokens' scalars take under 15 KB, within the
-        // 16 KB of workgroup memory every adapter has; without PAIR 32 (not timed).
+        // 16 KB of workgroup memory every adapter has; at n = 7 and 8 they would not.
         .with("CHT", cht)
         .with("SL", (cht * (m_of(n) + 1)).div_ceil(wg))
         .with("HL", (cht * n).div_ceil(wg))
@@ -385,6 +387,7 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, big_coef: bool, target: Tar
         .with("TV", (m_of(n) + 4) / 4)
         .flag("HAS_GAMMA", has_gamma)
         .flag("BIG_COEF", big_coef)
+        .flag("WORDS", d.is_multiple_of(2))
         .flag("PAIR", pair)
 }
 
