@@ -348,6 +348,25 @@ fn add_partial(idx: u32, v: f32, is_phi: bool) {
     }
 }
 
+#if !PAIR
+// Column k of phi, for the layouts of one column an invocation.
+fn phi_column(k: u32) -> array<f32, M> {
+    var p: array<f32, M>;
+#unroll m M
+    p[{m}] = phi[{m} * K + k];
+#endunroll
+    return p;
+}
+
+// Column k's partials for segment seg: of dphi, its sums a times gamma g, and of dgamma, ga.
+fn add_column_partials(seg: u32, k: u32, a: array<f32, M>, g: f32, ga: f32) {
+#unroll m M
+    add_partial(seg * M * K + {m} * K + k, a[{m}] * g, true);
+#endunroll
+    add_partial(seg * K + k, ga, false);
+}
+#endif
+
 #if WORDS
 // Word c of x and the matching word of dh_in for UT tokens from tok0; zeros past t_end, so a
 // padded step multiplies zeros by its zeroed scalars. A step whose tokens all exist, nearly
@@ -504,7 +523,7 @@ var<workgroup> redo_s: u32;
 #endif
 
 // Words [UT][WG / 2] of the step's dx from dx_s, UT / 2 an invocation; `first` is the
-// workgroup's first word of a row, `cnt` the tokens of the chunk from u0.
+// workgroup's first word of a row, `cnt` the tokens left in the chunk from tok0.
 fn store_dx_words(lid: u32, first: u32, tok0: u32, cnt: u32) {
 #unroll q UT>>1
     {
@@ -533,10 +552,7 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let i = k / D;
     let d = k % D;
     let first = (group % CB) * (WG / 2u);
-    var p: array<f32, M>;
-#unroll m M
-    p[{m}] = phi[{m} * K + k];
-#endunroll
+    let p = phi_column(k);
     let g = gamma_at(k);
     var a: array<f32, M>;
     var ga = 0.0;
@@ -598,10 +614,7 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 #endif
     }
     if (valid) {
-#unroll m M
-        add_partial(seg * M * K + {m} * K + k, a[{m}] * g, true);
-#endunroll
-        add_partial(seg * K + k, ga, false);
+        add_column_partials(seg, k, a, g, ga);
     }
 }
 #endif
@@ -621,10 +634,7 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let k = min(kk, K - 1u);
     let i = k / D;
     let d = k % D;
-    var p: array<f32, M>;
-#unroll m M
-    p[{m}] = phi[{m} * K + k];
-#endunroll
+    let p = phi_column(k);
     let g = gamma_at(k);
     var a: array<f32, M>;
     var ga = 0.0;
@@ -671,10 +681,7 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
     }
     if (valid) {
-#unroll m M
-        add_partial(seg * M * K + {m} * K + k, a[{m}] * g, true);
-#endunroll
-        add_partial(seg * K + k, ga, false);
+        add_column_partials(seg, k, a, g, ga);
     }
 }
 #endif
