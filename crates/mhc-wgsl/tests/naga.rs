@@ -9,7 +9,7 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 fn specs(family: Family) -> Vec<Spec> {
     let targets = [Target::PORTABLE, Target { subgroup: true, sg_min: 8 }, Target { subgroup: true, sg_min: 32 }];
     let mut out = Vec::new();
-    for n in [1, 2, 4, 8] {
+    for n in [1, 2, 4, 6, 8] {
         for d in [1, 8, 130] {
             for t in targets {
                 out.extend(match family {
