@@ -522,8 +522,8 @@ var<workgroup> dx_s: array<f32, UT * WG>;
 var<workgroup> redo_s: u32;
 #endif
 
-// Words [UT][WG / 2] of the step's dx from dx_s, UT / 2 an invocation; `first` is the
-// workgroup's first word of a row, `cnt` the tokens left in the chunk from tok0.
+// Words [UT][WG / 2] of dx from dx_s, UT / 2 an invocation; `first` is the workgroup's first
+// word of a row, `cnt` the tokens dx_s holds from tok0 (a step's, or the one token redone).
 fn store_dx_words(lid: u32, first: u32, tok0: u32, cnt: u32) {
 #unroll q UT>>1
     {
@@ -605,8 +605,8 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                     dx_s[lid] = dx_big_coef(u, big_coef_of(u, tok), bf16_at(xw[xe >> 1u], xe), bf16_at(dhw[ge >> 1u], ge), p, g, i);
                 }
                 workgroupBarrier();
-                if (big && lid < WG / 2u && first + lid < K / 2u) {
-                    dx[tok * (K / 2u) + first + lid] = pack2(dx_s[2u * lid], dx_s[2u * lid + 1u]);
+                if (big) {
+                    store_dx_words(lid, first, tok, 1u);
                 }
                 workgroupBarrier();
             }

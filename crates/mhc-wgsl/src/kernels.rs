@@ -370,7 +370,8 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, big_coef: bool, target: Tar
     // PERFORMANCE.md's "Slow processes"); n = 6 with PAIR 1595.0 -> 1157.3-1159.6; n = 7
     // 2703.2-2706.4 -> 1788.9-1791.3 with one column, 3816.4-3826.0 with PAIR; n = 8
     // 3559.0-3571.9 -> 3212.9-3214.9 with one column, 5998.9-6023.3 with PAIR.
-    let pair = d.is_multiple_of(2) && m_of(n) <= 48;
+    let words = d.is_multiple_of(2);
+    let pair = words && m_of(n) <= 48;
     let cht = if pair { 64 } else { 32 };
     with_reduction(base(n, d, wg, target), tb * n)
         .with("TB", tb)
@@ -387,7 +388,7 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, big_coef: bool, target: Tar
         .with("TV", (m_of(n) + 4) / 4)
         .flag("HAS_GAMMA", has_gamma)
         .flag("BIG_COEF", big_coef)
-        .flag("WORDS", d.is_multiple_of(2))
+        .flag("WORDS", words)
         .flag("PAIR", pair)
 }
 
