@@ -348,8 +348,7 @@ fn add_partial(idx: u32, v: f32, is_phi: bool) {
     }
 }
 
-#if !PAIR
-// Column k of phi, for the layouts of one column an invocation.
+// Column k of phi.
 fn phi_column(k: u32) -> array<f32, M> {
     var p: array<f32, M>;
 #unroll m M
@@ -365,7 +364,6 @@ fn add_column_partials(seg: u32, k: u32, a: array<f32, M>, g: f32, ga: f32) {
 #endunroll
     add_partial(seg * K + k, ga, false);
 }
-#endif
 
 #if WORDS
 // Word c of x and the matching word of dh_in for UT tokens from tok0; zeros past t_end, so a
@@ -414,12 +412,8 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let k0 = 2u * min(c, K / 2u - 1u);
     let i = k0 / D;
     let d0 = k0 % D;
-    var p0: array<f32, M>;
-    var p1: array<f32, M>;
-#unroll m M
-    p0[{m}] = phi[{m} * K + k0];
-    p1[{m}] = phi[{m} * K + k0 + 1u];
-#endunroll
+    let p0 = phi_column(k0);
+    let p1 = phi_column(k0 + 1u);
     let g0 = gamma_at(k0);
     let g1 = gamma_at(k0 + 1u);
     var a0: array<f32, M>;
@@ -503,12 +497,8 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
     }
     if (valid) {
-#unroll m M
-        add_partial(seg * M * K + {m} * K + k0, a0[{m}] * g0, true);
-        add_partial(seg * M * K + {m} * K + k0 + 1u, a1[{m}] * g1, true);
-#endunroll
-        add_partial(seg * K + k0, ga0, false);
-        add_partial(seg * K + k0 + 1u, ga1, false);
+        add_column_partials(seg, k0, a0, g0, ga0);
+        add_column_partials(seg, k0 + 1u, a1, g1, ga1);
     }
 }
 #else

@@ -213,6 +213,7 @@ fn pre_forward_tiles() {
             let ctx = Context::with_options(opts).unwrap();
             run_pre_forward(&ctx, 301, 4, 64, true, None);
             run_pre_forward(&ctx, 97, 2, 40, false, Some(SinkhornParams::default()));
+            run_pre_forward(&ctx, 150, 6, 64, true, None);
         }
     }
     let in_main = ContextOptions {
