@@ -707,6 +707,9 @@ fn check_bench_row(row: &serde_json::Value, doc: &serde_json::Value, ctx: &str) 
     let mut sorted = runs.clone();
     sorted.sort_by(f64::total_cmp);
     assert!((sorted[sorted.len() / 2] - us).abs() <= 0.05 + 1e-6 * us, "us {us} is not the median of {runs:?}");
+    let sets = int("timed_sets");
+    let slow = row["slow_start"].as_bool().unwrap_or_else(|| panic!("slow_start of {row}"));
+    assert!((1..=3).contains(&sets) && (!slow || sets == 3), "a set that starts slow is timed again, up to 3: {row}");
     let (bytes, flops) = (int("bytes"), int("flops"));
     assert!(bytes > 0 && flops > 0, "{row}");
     let dims = Dims::new(t, n, d).unwrap();

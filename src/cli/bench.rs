@@ -21,7 +21,8 @@ pub struct BenchArgs {
     /// T,n,D (repeatable). Defaults: 4096,4,2560 8192,4,2560 16384,4,4096 8192,4,7168.
     #[arg(long = "shape", value_parser = parse_shape)]
     shapes: Vec<Dims>,
-    /// Timed runs of each operator; the median is reported.
+    /// Timed runs of each operator; the median is reported. A set of runs whose first quarter
+    /// ran slow (median over 1.25x the last quarter's) is timed again, up to three sets.
     #[arg(long, default_value_t = 50)]
     iters: usize,
     /// Untimed runs of each operator before its timed runs, for at least this many milliseconds
@@ -65,12 +66,26 @@ struct Runs {
     stages: bool,
 }
 
+/// Sets of timed runs `time` takes at most: a set with a slow start is timed again.
+const TIMED_SETS: usize = 3;
+
+/// The timed runs `time` reports: the last set taken.
+struct Timed {
+    runs: Vec<PassTime>,
+    /// How many sets were taken (more than one where the earlier ones started slow).
+    sets: usize,
+    /// Whether the set reported started slow too (its median may then be too high).
+    slow_start: bool,
+}
+
 /// GPU time of each of `runs.iters` calls of `f(i)`, from timestamp queries or, without
 /// them, host time around a blocking submit. Before timing, `f` runs in batches of
 /// `WARMUP_BATCH`, at least one, for at least `runs.warmup`: on the H200's Vulkan
 /// driver a new pipeline ran 2-5x slower for its first ~200 ms of GPU work, idle time not
 /// counting (docs/PERFORMANCE.md), which a program that runs its kernels for long never sees.
-fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result<()>) -> CliResult<Vec<PassTime>> {
+/// A set of timed runs that still starts slow (`slow_start`) is timed again, up to
+/// `TIMED_SETS` sets.
+fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result<()>) -> CliResult<Timed> {
     let start = Instant::now();
     let mut i = 0;
     loop {
@@ -83,22 +98,41 @@ fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result
             break;
         }
     }
-    if ctx.capabilities().timestamps {
-        ctx.start_timing(runs.iters as u32, runs.stages)?;
-        for j in 0..runs.iters {
-            f(i + j)?;
-        }
-        Ok(ctx.finish_timing()?)
-    } else {
-        (0..runs.iters)
-            .map(|j| {
+    let mut sets = 0;
+    loop {
+        sets += 1;
+        let set = if ctx.capabilities().timestamps {
+            ctx.start_timing(runs.iters as u32, runs.stages)?;
+            for _ in 0..runs.iters {
+                f(i)?;
+                i += 1;
+            }
+            ctx.finish_timing()?
+        } else {
+            let mut set = Vec::with_capacity(runs.iters);
+            for _ in 0..runs.iters {
                 let s = Instant::now();
-                f(i + j)?;
+                f(i)?;
+                i += 1;
                 ctx.wait()?;
-                Ok(PassTime { seconds: s.elapsed().as_secs_f64(), stages: Vec::new() })
-            })
-            .collect()
+                set.push(PassTime { seconds: s.elapsed().as_secs_f64(), stages: Vec::new() });
+            }
+            set
+        };
+        let slow = slow_start(&seconds(&set));
+        if !slow || sets == TIMED_SETS {
+            return Ok(Timed { runs: set, sets, slow_start: slow });
+        }
     }
+}
+
+/// Whether the first quarter of a set of run times has a median above 1.25x the last
+/// quarter's. On an H100 the first 8-69 timed runs of a process, after the 1 s warm-up, at
+/// times ran 2.9-5.1x slower than the rest (docs/PERFORMANCE.md, "Slow starts"): over half of
+/// 100 runs in some processes, which made their median that slow time.
+fn slow_start(secs: &[f64]) -> bool {
+    let q = secs.len() / 4;
+    q >= 2 && median(secs[..q].to_vec()) > 1.25 * median(secs[secs.len() - q..].to_vec())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -133,13 +167,14 @@ fn measure_ceilings(ctx: &Context, runs: Runs) -> CliResult<Ceilings> {
     let src = GpuTensor::zeros(ctx, "copy src", &[bytes as usize / 4], DType::F32)?;
     let dst = GpuTensor::zeros(ctx, "copy dst", &[bytes as usize / 4], DType::F32)?;
     let runs = Runs { stages: false, ..runs };
-    let copy = median(seconds(&time(ctx, runs, |_| ceilings::copy(ctx, &src, &dst))?));
+    let copy = median(seconds(&time(ctx, runs, |_| ceilings::copy(ctx, &src, &dst))?.runs));
     let (groups, steps) = if cpu { (16, 256) } else { (8192, 4096) };
     let mut flops = 0;
-    let fma = median(seconds(&time(ctx, Runs { iters: runs.iters.min(20), ..runs }, |_| {
+    let fma = time(ctx, Runs { iters: runs.iters.min(20), ..runs }, |_| {
         flops = ceilings::fma(ctx, groups, steps)?;
         Ok(())
-    })?));
+    })?;
+    let fma = median(seconds(&fma.runs));
     Ok(Ceilings { bytes_per_s: 2.0 * bytes as f64 / copy, flops_per_s: flops as f64 / fma })
 }
 
@@ -158,7 +193,7 @@ fn same_bytes_copy(ctx: &Context, bytes: u64, runs: Runs) -> CliResult<Option<f6
     let dst = GpuTensor::zeros(ctx, "copy dst", &[half / 4], DType::F32)?;
     // The copy pipeline is already warm from the ceilings.
     let runs = Runs { stages: false, warmup: runs.warmup.min(Duration::from_millis(100)), ..runs };
-    Ok(Some(median(seconds(&time(ctx, runs, |i| ceilings::copy(ctx, &src[i % n], &dst))?))))
+    Ok(Some(median(seconds(&time(ctx, runs, |i| ceilings::copy(ctx, &src[i % n], &dst))?.runs))))
 }
 
 /// `copies` uploads of the same host tensor.
@@ -171,7 +206,7 @@ fn n_copies(bytes_per_copy: u64) -> usize {
 }
 
 /// Times one operator at one shape; `fused` times mhc_pre forward with its fused Sinkhorn.
-fn bench_op(ctx: &Context, op: Op, dims: &Dims, fused: bool, runs: Runs, opts: &Options) -> CliResult<Vec<PassTime>> {
+fn bench_op(ctx: &Context, op: Op, dims: &Dims, fused: bool, runs: Runs, opts: &Options) -> CliResult<Timed> {
     let mut rng = TensorRng::new(seed_from_env());
     let (t, n, d, m, k) = (dims.t, dims.n, dims.d, dims.m(), dims.k());
     let up = |name: &str, h: &mhc::core::HostTensor| GpuTensor::upload(ctx, name, h);
@@ -309,7 +344,7 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
             let name = if fused { "pre-forward+sinkhorn".to_string() } else { op.name().to_string() };
             bar.set_message(format!("{name} {},{},{}", dims.t, dims.n, dims.d));
             let timed = bench_op(&ctx, op, dims, fused, runs, &opts)?;
-            let run_secs = seconds(&timed);
+            let run_secs = seconds(&timed.runs);
             let secs = median(run_secs.clone());
             let mut cost = op.cost(dims, opts.sinkhorn.iters);
             if fused {
@@ -337,7 +372,8 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
                 "same_bytes_copy_us": copy.map(|c| c * 1e6), "x_copy": copy.map(|c| secs / c),
                 "bound": if mem_floor >= fma_floor { "memory" } else { "arithmetic" },
                 "runs_us": run_secs.iter().map(|s| (s * 1e7).round() / 10.0).collect::<Vec<_>>(),
-                "stages": stage_medians(&timed).iter().map(|(e, s)| json!({"entry": e, "us": s * 1e6})).collect::<Vec<_>>(),
+                "timed_sets": timed.sets, "slow_start": timed.slow_start,
+                "stages": stage_medians(&timed.runs).iter().map(|(e, s)| json!({"entry": e, "us": s * 1e6})).collect::<Vec<_>>(),
             }));
             bar.inc(1);
         }
@@ -368,6 +404,18 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
             r["bound"].as_str().unwrap_or(""),
         );
     }
+    for r in rows.iter().filter(|r| r["timed_sets"].as_u64().is_some_and(|s| s > 1)) {
+        println!(
+            "{} {},{},{}: timed in {} sets; a set whose first quarter of runs had a median over 1.25x its last quarter's \
+             was timed again{}",
+            r["op"].as_str().unwrap_or(""),
+            r["T"],
+            r["n"],
+            r["D"],
+            r["timed_sets"],
+            if r["slow_start"].as_bool() == Some(true) { ", and the last, reported, started slow too" } else { "" },
+        );
+    }
     if a.stages {
         println!("stages (median us; each ends at a timestamp after its dispatches):");
         for r in &rows {
@@ -396,4 +444,28 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
             .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slow_start;
+
+    fn runs(slow: usize, fast: usize) -> Vec<f64> {
+        std::iter::repeat_n(5.0, slow).chain(std::iter::repeat_n(1.0, fast)).collect()
+    }
+
+    #[test]
+    fn slow_start_is_a_slow_first_quarter() {
+        // Calls 176-178: 44 of 100 runs, and 69 of 400, ran 4.6-4.8x slow at the start.
+        assert!(slow_start(&runs(44, 56)));
+        assert!(slow_start(&runs(69, 331)));
+        assert!(slow_start(&runs(60, 40)));
+        // Too few to move the first quarter's median, or none; steady noise; a slow end.
+        assert!(!slow_start(&runs(8, 392)));
+        assert!(!slow_start(&runs(0, 100)));
+        assert!(!slow_start(&(0..100).map(|i| 1.0 + 0.2 * ((i * 7) % 10) as f64 / 10.0).collect::<Vec<_>>()));
+        assert!(!slow_start(&runs(0, 75).into_iter().chain(runs(25, 0)).collect::<Vec<_>>()));
+        // Under 8 runs a quarter is too few to judge.
+        assert!(!slow_start(&runs(4, 3)));
+    }
 }
