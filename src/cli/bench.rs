@@ -25,8 +25,8 @@ pub struct BenchArgs {
     /// ran slow (median over 1.25x the last quarter's) is timed again, up to three sets.
     #[arg(long, default_value_t = 50)]
     iters: usize,
-    /// Untimed runs of each operator before its timed runs, for at least this many milliseconds
-    /// (and at least 8 runs).
+    /// Untimed runs of each operator before its timed runs: a first batch of 8, which compiles
+    /// the kernels, then more for at least this many milliseconds.
     #[arg(long, default_value_t = 1000)]
     warmup_ms: u64,
     /// Also time each stage (entry point) of an operator, with timestamps between its
@@ -80,23 +80,25 @@ struct Timed {
 
 /// GPU time of each of `runs.iters` calls of `f(i)`, from timestamp queries or, without
 /// them, host time around a blocking submit. Before timing, `f` runs in batches of
-/// `WARMUP_BATCH`, at least one, for at least `runs.warmup`: on the H200's Vulkan
+/// `WARMUP_BATCH` for at least `runs.warmup` after the first batch: on NVIDIA's Vulkan
 /// driver a new pipeline ran 2-5x slower for its first ~200 ms of GPU work, idle time not
-/// counting (docs/PERFORMANCE.md), which a program that runs its kernels for long never sees.
-/// A set of timed runs that still starts slow (`slow_start`) is timed again, up to
-/// `TIMED_SETS` sets.
+/// counting (docs/PERFORMANCE.md), which a program that runs its kernels for long never sees,
+/// and the first batch compiles the pipelines (1.7 s for pre backward at n = 6 with a cold
+/// driver cache on an H100, which used to take all of the warm-up). A set of timed runs that
+/// still starts slow (`slow_start`) is timed again, up to `TIMED_SETS` sets.
 fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result<()>) -> CliResult<Timed> {
-    let start = Instant::now();
     let mut i = 0;
-    loop {
+    let mut batch = || -> CliResult<()> {
         for _ in 0..WARMUP_BATCH {
             f(i)?;
             i += 1;
         }
-        ctx.wait()?;
-        if start.elapsed() >= runs.warmup {
-            break;
-        }
+        Ok(ctx.wait()?)
+    };
+    batch()?;
+    let start = Instant::now();
+    while start.elapsed() < runs.warmup {
+        batch()?;
     }
     let mut sets = 0;
     loop {

@@ -368,10 +368,10 @@ pub fn pre_backward(n: u32, d: u32, has_gamma: bool, big_coef: bool, target: Tar
     // n = 6 an invocation takes one column and a step's dx is put together in workgroup memory.
     // On an H100 (docs/PERFORMANCE.md), against the odd-D layout these replaced (one column,
     // one token a step, two atomics a bf16 of dx), pre backward at 8192 x 2560 took: n = 5 with
-    // PAIR 1337.6-1340.6 -> 630.0-632.4 us (three runs of ten 1868.2-3059.4, every stage slow:
-    // PERFORMANCE.md's "Slow processes"); n = 6 with PAIR 1595.0 -> 1157.3-1159.6; n = 7
-    // 2703.2-2706.4 -> 1788.9-1791.3 with one column, 3816.4-3826.0 with PAIR; n = 8
-    // 3559.0-3571.9 -> 3212.9-3214.9 with one column, 5998.9-6023.3 with PAIR.
+    // PAIR 1337.6-1340.6 -> 630.0-632.4 us (three runs of ten 1868.2-3059.4: slow starts, in
+    // PERFORMANCE.md's "Slow processes and slow starts"); n = 6 with PAIR 1595.0 ->
+    // 1157.3-1159.6; n = 7 2703.2-2706.4 -> 1788.9-1791.3 with one column, 3816.4-3826.0 with
+    // PAIR; n = 8 3559.0-3571.9 -> 3212.9-3214.9 with one column, 5998.9-6023.3 with PAIR.
     let words = d.is_multiple_of(2);
     let pair = words && m_of(n) <= 48;
     let cht = if pair { 64 } else { 32 };
