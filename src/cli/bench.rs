@@ -25,8 +25,8 @@ pub struct BenchArgs {
     /// ran slow (median over 1.25x the last quarter's) is timed again, up to three sets.
     #[arg(long, default_value_t = 50)]
     iters: usize,
-    /// Untimed runs of each operator before its timed runs: a first batch of 8, which compiles
-    /// the kernels, then more for at least this many milliseconds.
+    /// Untimed runs of each operator before its timed runs: one, which compiles the kernels,
+    /// then batches of 8, at least one, for at least this many milliseconds.
     #[arg(long, default_value_t = 1000)]
     warmup_ms: u64,
     /// Also time each stage (entry point) of an operator, with timestamps between its
@@ -79,26 +79,28 @@ struct Timed {
 }
 
 /// GPU time of each of `runs.iters` calls of `f(i)`, from timestamp queries or, without
-/// them, host time around a blocking submit. Before timing, `f` runs in batches of
-/// `WARMUP_BATCH` for at least `runs.warmup` after the first batch: on NVIDIA's Vulkan
-/// driver a new pipeline ran 2-5x slower for its first ~200 ms of GPU work, idle time not
-/// counting (docs/PERFORMANCE.md), which a program that runs its kernels for long never sees,
-/// and the first batch compiles the pipelines (1.7 s for pre backward at n = 6 with a cold
-/// driver cache on an H100, which used to take all of the warm-up). A set of timed runs that
-/// still starts slow (`slow_start`) is timed again, up to `TIMED_SETS` sets.
+/// them, host time around a blocking submit. Before timing, `f` runs once, which compiles the
+/// pipelines, and then in batches of `WARMUP_BATCH`, at least one, for at least
+/// `runs.warmup`: on NVIDIA's Vulkan driver a new pipeline ran 2-5x slower for its first
+/// ~200 ms of GPU work (docs/PERFORMANCE.md), which a program that runs its kernels for long
+/// never sees. The compilation is left out of that time because it can take all of it (1.7
+/// s for pre backward at n = 6 with a cold driver cache on an H100), and the GPU's clocks drop
+/// while it idles. A set of timed runs that still starts slow (`slow_start`) is timed again,
+/// up to `TIMED_SETS` sets.
 fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result<()>) -> CliResult<Timed> {
-    let mut i = 0;
-    let mut batch = || -> CliResult<()> {
+    f(0)?;
+    ctx.wait()?;
+    let mut i = 1;
+    let start = Instant::now();
+    loop {
         for _ in 0..WARMUP_BATCH {
             f(i)?;
             i += 1;
         }
-        Ok(ctx.wait()?)
-    };
-    batch()?;
-    let start = Instant::now();
-    while start.elapsed() < runs.warmup {
-        batch()?;
+        ctx.wait()?;
+        if start.elapsed() >= runs.warmup {
+            break;
+        }
     }
     let mut sets = 0;
     loop {
