@@ -131,9 +131,10 @@ fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result
 }
 
 /// Whether the first quarter of a set of run times has a median above 1.25x the last
-/// quarter's. On an H100 the first 8-69 timed runs of a process, after the 1 s warm-up, at
-/// times ran 2.9-5.1x slower than the rest (docs/PERFORMANCE.md, "Slow starts"): over half of
-/// 100 runs in some processes, which made their median that slow time.
+/// quarter's. On an H100 the first 8-69 timed runs of a process at times ran 2.9-5.1x slower
+/// than the rest, over half of 100 runs in some, which made their median that slow time
+/// (docs/PERFORMANCE.md, "Slow processes and slow starts"). Leaving the compilation out of
+/// the warm-up stopped that in the processes timed since; this catches what it may not.
 fn slow_start(secs: &[f64]) -> bool {
     let q = secs.len() / 4;
     q >= 2 && median(secs[..q].to_vec()) > 1.25 * median(secs[secs.len() - q..].to_vec())
