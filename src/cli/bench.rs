@@ -102,16 +102,14 @@ fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result
             break;
         }
     }
-    let mut sets = 0;
-    loop {
-        sets += 1;
-        let set = if ctx.capabilities().timestamps {
+    steady_set(|| {
+        if ctx.capabilities().timestamps {
             ctx.start_timing(runs.iters as u32, runs.stages)?;
             for _ in 0..runs.iters {
                 f(i)?;
                 i += 1;
             }
-            ctx.finish_timing()?
+            Ok(ctx.finish_timing()?)
         } else {
             let mut set = Vec::with_capacity(runs.iters);
             for _ in 0..runs.iters {
@@ -121,8 +119,17 @@ fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result
                 ctx.wait()?;
                 set.push(PassTime { seconds: s.elapsed().as_secs_f64(), stages: Vec::new() });
             }
-            set
-        };
+            Ok(set)
+        }
+    })
+}
+
+/// Sets of timed runs from `take` until one does not start slow, or `TIMED_SETS` were taken.
+fn steady_set(mut take: impl FnMut() -> CliResult<Vec<PassTime>>) -> CliResult<Timed> {
+    let mut sets = 0;
+    loop {
+        sets += 1;
+        let set = take()?;
         let slow = slow_start(&seconds(&set));
         if !slow || sets == TIMED_SETS {
             return Ok(Timed { runs: set, sets, slow_start: slow });
@@ -453,10 +460,16 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::slow_start;
+    use mhc::runtime::PassTime;
+
+    use super::{TIMED_SETS, slow_start, steady_set};
 
     fn runs(slow: usize, fast: usize) -> Vec<f64> {
-        std::iter::repeat_n(5.0, slow).chain(std::iter::repeat_n(1.0, fast)).collect()
+        level_runs(5.0, slow, fast)
+    }
+
+    fn level_runs(level: f64, slow: usize, fast: usize) -> Vec<f64> {
+        std::iter::repeat_n(level, slow).chain(std::iter::repeat_n(1.0, fast)).collect()
     }
 
     #[test]
@@ -472,5 +485,29 @@ mod tests {
         assert!(!slow_start(&runs(0, 75).into_iter().chain(runs(25, 0)).collect::<Vec<_>>()));
         // Under 8 runs a quarter is too few to judge.
         assert!(!slow_start(&runs(4, 3)));
+        // The bound is 1.25x.
+        assert!(slow_start(&level_runs(1.3, 30, 70)));
+        assert!(!slow_start(&level_runs(1.2, 30, 70)));
+    }
+
+    #[test]
+    fn a_set_that_starts_slow_is_taken_again() {
+        let set = |slow: usize| -> Vec<PassTime> {
+            runs(slow, 100 - slow).into_iter().map(|seconds| PassTime { seconds, stages: Vec::new() }).collect()
+        };
+        // Slow, then steady: the second set is reported.
+        let mut taken = 0;
+        let t = steady_set(|| {
+            taken += 1;
+            Ok(set(if taken == 1 { 44 } else { 0 }))
+        })
+        .unwrap();
+        assert_eq!((t.sets, t.slow_start, t.runs[0].seconds), (2, false, 1.0));
+        // Never steady: the last set is reported, marked.
+        let t = steady_set(|| Ok(set(60))).unwrap();
+        assert_eq!((t.sets, t.slow_start), (TIMED_SETS, true));
+        // Steady at once: one set.
+        let t = steady_set(|| Ok(set(3))).unwrap();
+        assert_eq!((t.sets, t.slow_start), (1, false));
     }
 }
