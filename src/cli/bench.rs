@@ -68,6 +68,8 @@ struct Runs {
 
 /// Sets of timed runs `time` takes at most: a set with a slow start is timed again.
 const TIMED_SETS: usize = 3;
+/// A set starts slow where its first quarter's median is over this times its last quarter's.
+const SLOW_START: f64 = 1.25;
 
 /// The timed runs `time` reports: the last set taken.
 struct Timed {
@@ -137,14 +139,14 @@ fn steady_set(mut take: impl FnMut() -> CliResult<Vec<PassTime>>) -> CliResult<T
     }
 }
 
-/// Whether the first quarter of a set of run times has a median above 1.25x the last
-/// quarter's. On an H100 the first 8-69 timed runs of a process at times ran 2.9-5.1x slower
+/// Whether the first quarter of a set of run times has a median above `SLOW_START` times the
+/// last quarter's. On an H100 the first 8-69 timed runs of a process at times ran 2.9-5.1x slower
 /// than the rest, over half of 100 runs in some, which made their median that slow time
 /// (docs/PERFORMANCE.md, "Slow processes and slow starts"). Leaving the compilation out of
 /// the warm-up stopped that in the processes timed since; this catches what it may not.
 fn slow_start(secs: &[f64]) -> bool {
     let q = secs.len() / 4;
-    q >= 2 && median(secs[..q].to_vec()) > 1.25 * median(secs[secs.len() - q..].to_vec())
+    q >= 2 && median(secs[..q].to_vec()) > SLOW_START * median(secs[secs.len() - q..].to_vec())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -418,8 +420,8 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
     }
     for r in rows.iter().filter(|r| r["timed_sets"].as_u64().is_some_and(|s| s > 1)) {
         println!(
-            "{} {},{},{}: timed in {} sets; a set whose first quarter of runs had a median over 1.25x its last quarter's \
-             was timed again{}",
+            "{} {},{},{}: timed in {} sets; a set whose first quarter of runs had a median over {SLOW_START}x its last \
+             quarter's was timed again{}",
             r["op"].as_str().unwrap_or(""),
             r["T"],
             r["n"],
