@@ -365,6 +365,40 @@ fn add_column_partials(seg: u32, k: u32, a: array<f32, M>, g: f32, ga: f32) {
     add_partial(seg * K + k, ga, false);
 }
 
+// A `cols` workgroup's segment of tokens, [t_begin, t_end), and its block of columns (CB
+// blocks a segment, block fastest). Groups past the last segment return before using either.
+struct ColsGroup {
+    seg: u32,
+    block: u32,
+    t_begin: u32,
+    t_end: u32,
+}
+
+fn cols_group(wid: vec3<u32>, nwg: vec3<u32>) -> ColsGroup {
+    let group = group_index(wid, nwg);
+    let seg = group / CB;
+    let t_begin = seg * params.seg_tokens;
+    return ColsGroup(seg, group % CB, t_begin, min(t_begin + params.seg_tokens, params.t));
+}
+
+// Invocation lid's column in the one-column layouts: stream i, element d, phi's column p and
+// gamma g. Columns past K take K - 1's values: every invocation takes part in the barriers,
+// and nothing is stored for them.
+struct Column {
+    valid: bool,
+    k: u32,
+    i: u32,
+    d: u32,
+    p: array<f32, M>,
+    g: f32,
+}
+
+fn one_column(block: u32, lid: u32) -> Column {
+    let kk = block * WG + lid;
+    let k = min(kk, K - 1u);
+    return Column(kk < K, k, k / D, k % D, phi_column(k), gamma_at(k));
+}
+
 #if WORDS
 // Word c of x and the matching word of dh_in for UT tokens from tok0; zeros past t_end, so a
 // padded step multiplies zeros by its zeroed scalars. A step whose tokens all exist, nearly
@@ -401,13 +435,11 @@ const CB: u32 = (K / 2u + WG - 1u) / WG;
 
 @compute @workgroup_size(WG)
 fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    // Workgroups are laid out column block fastest, then segment of tokens.
-    let group = group_index(wid, nwg);
-    let seg = group / CB;
-    if (seg >= params.n_segs) {
+    let cg = cols_group(wid, nwg);
+    if (cg.seg >= params.n_segs) {
         return;
     }
-    let c = (group % CB) * WG + lid;
+    let c = cg.block * WG + lid;
     let valid = c < K / 2u;
     let k0 = 2u * min(c, K / 2u - 1u);
     let i = k0 / D;
@@ -420,23 +452,21 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var a1: array<f32, M>;
     var ga0 = 0.0;
     var ga1 = 0.0;
-    let t_begin = seg * params.seg_tokens;
-    let t_end = min(t_begin + params.seg_tokens, params.t);
     // Each step computes on the words loaded in the step before and loads those of the next
     // step first, so the next UT tokens' loads are in flight while this step's FMAs run.
     var next_x: array<u32, UT>;
     var next_g: array<u32, UT>;
     if (valid) {
-        load_step(t_begin, t_end, c, d0, &next_x, &next_g);
+        load_step(cg.t_begin, cg.t_end, c, d0, &next_x, &next_g);
     }
-    for (var tc = t_begin; tc < t_end; tc += CHT) {
-        let cnt = min(CHT, t_end - tc);
+    for (var tc = cg.t_begin; tc < cg.t_end; tc += CHT) {
+        let cnt = min(CHT, cg.t_end - tc);
         stage_tokens(lid, tc, cnt);
         if (valid) {
             for (var u0 = 0u; u0 < cnt; u0 += UT) {
                 let words = next_x;
                 let gws = next_g;
-                load_step(tc + u0 + UT, t_end, c, d0, &next_x, &next_g);
+                load_step(tc + u0 + UT, cg.t_end, c, d0, &next_x, &next_g);
                 var res: array<u32, UT>;
 #unroll j UT
                 {
@@ -497,8 +527,8 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
     }
     if (valid) {
-        add_column_partials(seg, k0, a0, g0, ga0);
-        add_column_partials(seg, k0 + 1u, a1, g1, ga1);
+        add_column_partials(cg.seg, k0, a0, g0, ga0);
+        add_column_partials(cg.seg, k0 + 1u, a1, g1, ga1);
     }
 }
 #else
@@ -529,49 +559,40 @@ fn store_dx_words(lid: u32, first: u32, tok0: u32, cnt: u32) {
 
 @compute @workgroup_size(WG)
 fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let group = group_index(wid, nwg);
-    let seg = group / CB;
-    if (seg >= params.n_segs) {
+    let cg = cols_group(wid, nwg);
+    if (cg.seg >= params.n_segs) {
         return;
     }
-    let kk = (group % CB) * WG + lid;
-    let valid = kk < K;
-    // Columns past K take K - 1's values: every invocation takes part in the barriers, and
-    // their words lie past the row, so they are never stored.
-    let k = min(kk, K - 1u);
-    let i = k / D;
-    let d = k % D;
-    let first = (group % CB) * (WG / 2u);
-    let p = phi_column(k);
-    let g = gamma_at(k);
+    let col = one_column(cg.block, lid);
+    let first = cg.block * (WG / 2u);
     var a: array<f32, M>;
     var ga = 0.0;
-    let t_begin = seg * params.seg_tokens;
-    let t_end = min(t_begin + params.seg_tokens, params.t);
     var next_x: array<u32, UT>;
     var next_g: array<u32, UT>;
-    load_step(t_begin, t_end, k / 2u, d & ~1u, &next_x, &next_g);
-    for (var tc = t_begin; tc < t_end; tc += CHT) {
-        let cnt = min(CHT, t_end - tc);
+    load_step(cg.t_begin, cg.t_end, col.k / 2u, col.d & ~1u, &next_x, &next_g);
+    for (var tc = cg.t_begin; tc < cg.t_end; tc += CHT) {
+        let cnt = min(CHT, cg.t_end - tc);
         stage_tokens(lid, tc, cnt);
         for (var u0 = 0u; u0 < cnt; u0 += UT) {
             let words = next_x;
             let gws = next_g;
-            load_step(tc + u0 + UT, t_end, k / 2u, d & ~1u, &next_x, &next_g);
+            load_step(tc + u0 + UT, cg.t_end, col.k / 2u, col.d & ~1u, &next_x, &next_g);
+            // This token step is written out again in the odd-D layout: as one function for
+            // both (given the Column or its fields) it took 22% longer at n = 7 on an H100.
 #unroll j UT
             {
                 let u = u0 + {j};
-                let v = bf16_at(words[{j}], k);
+                let v = bf16_at(words[{j}], col.k);
                 var dv = 0.0;
                 let hv = token_scalars(u);
 #unroll m M
                 {
                     let h = hv[{m} / 4u][{m} % 4u];
-                    dv += h * p[{m}];
+                    dv += h * col.p[{m}];
                     a[{m}] += h * v;
                 }
 #endunroll
-                dx_s[{j} * WG + lid] = dv * g - hv[M / 4u][M % 4u] * v + hpre_s[u * N + i] * bf16_at(gws[{j}], k);
+                dx_s[{j} * WG + lid] = dv * col.g - hv[M / 4u][M % 4u] * v + hpre_s[u * N + col.i] * bf16_at(gws[{j}], col.k);
                 ga += v * dv;
             }
 #endunroll
@@ -590,9 +611,9 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 let tok = tc + u;
                 let big = big_coef(u);
                 if (big) {
-                    let xe = tok * K + k;
-                    let ge = tok * D + d;
-                    dx_s[lid] = dx_big_coef(u, big_coef_of(u, tok), bf16_at(xw[xe >> 1u], xe), bf16_at(dhw[ge >> 1u], ge), p, g, i);
+                    let xe = tok * K + col.k;
+                    let ge = tok * D + col.d;
+                    dx_s[lid] = dx_big_coef(u, big_coef_of(u, tok), bf16_at(xw[xe >> 1u], xe), bf16_at(dhw[ge >> 1u], ge), col.p, col.g, col.i);
                 }
                 workgroupBarrier();
                 if (big) {
@@ -603,8 +624,8 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
 #endif
     }
-    if (valid) {
-        add_column_partials(seg, k, a, g, ga);
+    if (col.valid) {
+        add_column_partials(cg.seg, col.k, a, col.g, ga);
     }
 }
 #endif
@@ -614,42 +635,33 @@ const CB: u32 = (K + WG - 1u) / WG;
 
 @compute @workgroup_size(WG)
 fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let group = group_index(wid, nwg);
-    let seg = group / CB;
-    if (seg >= params.n_segs) {
+    let cg = cols_group(wid, nwg);
+    if (cg.seg >= params.n_segs) {
         return;
     }
-    let kk = (group % CB) * WG + lid;
-    let valid = kk < K;
-    let k = min(kk, K - 1u);
-    let i = k / D;
-    let d = k % D;
-    let p = phi_column(k);
-    let g = gamma_at(k);
+    let col = one_column(cg.block, lid);
     var a: array<f32, M>;
     var ga = 0.0;
-    let t_begin = seg * params.seg_tokens;
-    let t_end = min(t_begin + params.seg_tokens, params.t);
-    for (var tc = t_begin; tc < t_end; tc += CHT) {
-        let cnt = min(CHT, t_end - tc);
+    for (var tc = cg.t_begin; tc < cg.t_end; tc += CHT) {
+        let cnt = min(CHT, cg.t_end - tc);
         stage_tokens(lid, tc, cnt);
-        if (valid) {
+        if (col.valid) {
             for (var u = 0u; u < cnt; u++) {
                 let tok = tc + u;
-                let xe = tok * K + k;
+                let xe = tok * K + col.k;
                 let v = bf16_at(xw[xe >> 1u], xe);
-                let ge = tok * D + d;
+                let ge = tok * D + col.d;
                 let dh = bf16_at(dhw[ge >> 1u], ge);
                 var dv = 0.0;
                 let hv = token_scalars(u);
 #unroll m M
                 {
                     let h = hv[{m} / 4u][{m} % 4u];
-                    dv += h * p[{m}];
+                    dv += h * col.p[{m}];
                     a[{m}] += h * v;
                 }
 #endunroll
-                let r = dv * g - hv[M / 4u][M % 4u] * v + hpre_s[u * N + i] * dh;
+                let r = dv * col.g - hv[M / 4u][M % 4u] * v + hpre_s[u * N + col.i] * dh;
                 atomicAnd(&dx[xe >> 1u], half_keep(xe));
                 atomicOr(&dx[xe >> 1u], half_bits(xe, r));
                 ga += v * dv;
@@ -659,9 +671,9 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 for (var u = 0u; u < cnt; u++) {
                     if (big_coef(u)) {
                         let tok = tc + u;
-                        let xe = tok * K + k;
-                        let ge = tok * D + d;
-                        let r = dx_big_coef(u, big_coef_of(u, tok), bf16_at(xw[xe >> 1u], xe), bf16_at(dhw[ge >> 1u], ge), p, g, i);
+                        let xe = tok * K + col.k;
+                        let ge = tok * D + col.d;
+                        let r = dx_big_coef(u, big_coef_of(u, tok), bf16_at(xw[xe >> 1u], xe), bf16_at(dhw[ge >> 1u], ge), col.p, col.g, col.i);
                         atomicAnd(&dx[xe >> 1u], half_keep(xe));
                         atomicOr(&dx[xe >> 1u], half_bits(xe, r));
                     }
@@ -670,8 +682,8 @@ fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 #endif
         }
     }
-    if (valid) {
-        add_column_partials(seg, k, a, g, ga);
+    if (col.valid) {
+        add_column_partials(cg.seg, col.k, a, col.g, ga);
     }
 }
 #endif
