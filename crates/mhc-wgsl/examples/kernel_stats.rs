@@ -1,8 +1,8 @@
 //! What the Vulkan driver reports about each of mhc's kernels once it has compiled them for
 //! the GPU (`VK_KHR_pipeline_executable_properties`): on NVIDIA, registers an invocation and
 //! the shared and local (spilled) memory, which decide how many workgroups a multiprocessor
-//! holds. wgpu does not expose these, so this builds each kernel as `mhc bench` runs it (n = 4
-//! at its four default shapes, subgroups of 32), translates it to SPIR-V with naga as wgpu's
+//! holds. wgpu does not expose these, so this builds each kernel as `mhc bench` runs it (at its
+//! four default shapes, n = 4, or at those given; subgroups of 32), translates it to SPIR-V with naga as wgpu's
 //! Vulkan backend does with mhc's settings (no runtime checks, native workgroup-memory zeroing,
 //! SPIR-V 1.6), and compiles it through ash. Each line also gives mhc's own count of the
 //! kernel's workgroup memory (`Family::parse`'s count, which the runtime holds to the
@@ -11,7 +11,10 @@
 //! ```sh
 //! cargo run --release -p mhc-wgsl --example kernel_stats
 //! cargo run --release -p mhc-wgsl --example kernel_stats -- --microcode DIR
+//! cargo run --release -p mhc-wgsl --example kernel_stats -- --shape 8192,7,2560
 //! ```
+//!
+//! `--shape T,n,D` (repeatable) builds the kernels of those shapes instead of the bench's.
 //!
 //! With `--microcode DIR` it also writes the machine code the driver compiled each kernel to,
 //! one `DIR/<shape>-<family>-<entry>.nvuc` a kernel, for `nvdisasm FILE.nvuc` (CUDA's
@@ -67,24 +70,34 @@ impl Kernel {
     }
 }
 
-/// Every kernel `mhc bench` runs at its default shapes, specialised as the runtime does there.
-fn kernels() -> Vec<Kernel> {
+/// `mhc bench`'s default shapes (T, n, D).
+const BENCH_SHAPES: [(usize, u32, u32); 4] = [(4096, 4, 2560), (8192, 4, 2560), (16384, 4, 4096), (8192, 4, 7168)];
+
+/// Every kernel `mhc bench` runs at these shapes, specialised as the runtime does there.
+fn kernels(shapes: &[(usize, u32, u32)]) -> Vec<Kernel> {
     let target = Target { subgroup: true, sg_min: 32 };
-    let n = 4;
     let mut out = Vec::new();
     let mut add = |shape: &str, family, entries: &[&'static str], spec: Spec| {
         for &entry in entries {
             out.push(Kernel { shape: shape.to_string(), family, entry, spec: spec.clone() });
         }
     };
-    for (t, d) in [(4096, 2560), (8192, 2560), (16384, 4096), (8192, 7168)] {
+    for &(t, n, d) in shapes {
         let shape = format!("{t},{n},{d}");
         let tile = Tile::for_tokens(n, d, t);
-        let split = SplitTile::for_shape(n, d, t, WORKGROUP_STORAGE).expect("D is a multiple of 8");
+        let projection = match SplitTile::for_shape(n, d, t, WORKGROUP_STORAGE) {
+            Some(split) => Projection::Split(split),
+            None => Projection::InMain,
+        };
+        let entries: &[&'static str] = if matches!(projection, Projection::Split(_)) {
+            &["fold_gamma", "project", "main"]
+        } else {
+            &["fold_gamma", "main"]
+        };
         let gamma = mhc_wgsl::gamma_in_project(t);
-        let pre = mhc_wgsl::pre_forward(n, d, false, gamma, target, tile, Projection::Split(split));
-        add(&shape, Family::PreForward, &["fold_gamma", "project", "main"], pre);
-        let fused = mhc_wgsl::pre_forward(n, d, true, gamma, target, tile, Projection::Split(split));
+        let pre = mhc_wgsl::pre_forward(n, d, false, gamma, target, tile, projection);
+        add(&shape, Family::PreForward, entries, pre);
+        let fused = mhc_wgsl::pre_forward(n, d, true, gamma, target, tile, projection);
         add(&format!("{shape} sinkhorn"), Family::PreForward, &["main"], fused);
         add(
             &shape,
@@ -106,7 +119,12 @@ fn kernels() -> Vec<Kernel> {
             add(&shape, Family::PreForward, &["main"], main);
         }
     }
-    add("n = 4", Family::Sinkhorn, &["forward", "backward"], mhc_wgsl::sinkhorn(n));
+    let mut ns: Vec<u32> = shapes.iter().map(|s| s.1).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    for n in ns {
+        add(&format!("n = {n}"), Family::Sinkhorn, &["forward", "backward"], mhc_wgsl::sinkhorn(n));
+    }
     add("-", Family::Bench, &["copy", "fma_rate"], mhc_wgsl::bench());
     out
 }
@@ -330,18 +348,39 @@ impl Drop for Gpu {
     }
 }
 
+const USAGE: &str = "usage: kernel_stats [--microcode DIR] [--shape T,n,D]...";
+
+/// `T,n,D` as the bench takes it.
+fn parse_shape(text: &str) -> Res<(usize, u32, u32)> {
+    let parts: Vec<&str> = text.split(',').collect();
+    let [t, n, d] = parts[..] else { return Err(format!("--shape {text}: expected T,n,D").into()) };
+    let shape = (t.parse()?, n.parse()?, d.parse()?);
+    if shape.0 == 0 || !(1..=8).contains(&shape.1) || shape.2 == 0 {
+        return Err(format!("--shape {text}: expected T >= 1, n in 1..=8 and D >= 1").into());
+    }
+    Ok(shape)
+}
+
 fn main() -> Res<()> {
-    let microcode = match std::env::args().skip(1).collect::<Vec<_>>()[..] {
-        [] => None,
-        [ref flag, ref dir] if flag == "--microcode" => {
-            std::fs::create_dir_all(dir)?;
-            Some(PathBuf::from(dir))
+    let (mut microcode, mut shapes) = (None, Vec::new());
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or(USAGE)?;
+        match flag.as_str() {
+            "--microcode" => {
+                std::fs::create_dir_all(&value)?;
+                microcode = Some(PathBuf::from(value));
+            }
+            "--shape" => shapes.push(parse_shape(&value)?),
+            _ => return Err(USAGE.into()),
         }
-        _ => return Err("usage: kernel_stats [--microcode DIR]".into()),
-    };
+    }
+    if shapes.is_empty() {
+        shapes.extend(BENCH_SHAPES);
+    }
     // Translated first, so that a broken kernel shows up on any machine.
     let mut translated = Vec::new();
-    for k in kernels() {
+    for k in kernels(&shapes) {
         // mhc's own count of the workgroup memory, beside the driver's "Shared Memory Size".
         let parsed = k.family.parse(&k.spec)?;
         let shared = parsed.workgroup_bytes[k.entry];
