@@ -7,7 +7,7 @@ use crate::core::accuracy::{Comparison, Tolerance, compare, compare_sum};
 use crate::core::golden::{self, PreSaved};
 use crate::core::{
     DType, Dims, Error, HostTensor, Op, PostForwardInputs, PreBackwardInputs, PreForwardInputs, PreParams, Result,
-    SinkhornParams,
+    SinkhornParams, TensorMeta,
 };
 use crate::runtime::{Context, GpuTensor, ops};
 
@@ -146,20 +146,49 @@ fn gpu(ctx: &Context, op: Op, inputs: &Named, opts: &Options) -> Result<Vec<(&'s
         up.insert(name.clone(), GpuTensor::upload(ctx, name, t)?);
     }
     let g = |name| get(&up, name);
+    // Every output is filled with NaN (0xFF bytes) before the kernels run, so that an element
+    // they skip reads back as NaN and fails `mhc check`, not as a zero that may pass.
+    let poison = |outs: &[&GpuTensor]| outs.iter().try_for_each(|t| t.fill_bytes(ctx, 0xFF));
     let outs: Vec<GpuTensor> = match op {
         Op::PreForward => {
-            let o = ops::pre_forward(ctx, &pre_inputs(&up)?, &opts.pre, None)?;
+            let inp = pre_inputs(&up)?;
+            let o = ops::PreForwardOutputs::zeros(ctx, &inp.validate()?, false)?;
+            poison(&[&o.h_in, &o.h_post, &o.h_res, &o.inv_rms, &o.h_mix, &o.h_pre])?;
+            ops::pre_forward_into(ctx, &inp, &o, &opts.pre, None)?;
             vec![o.h_in, o.h_post, o.h_res, o.inv_rms, o.h_mix, o.h_pre]
         }
         Op::PreBackward => {
-            let o = ops::pre_backward(ctx, &pre_backward_inputs(&up)?, &opts.pre)?;
+            let inp = pre_backward_inputs(&up)?;
+            let o = ops::PreBackwardOutputs::zeros(ctx, &inp.validate()?)?;
+            poison(&[&o.dx, &o.dphi, &o.dalpha, &o.dbias, &o.dgamma])?;
+            ops::pre_backward_into(ctx, &inp, &o, &opts.pre)?;
             vec![o.dx, o.dphi, o.dalpha, o.dbias, o.dgamma]
         }
-        Op::SinkhornForward => vec![ops::sinkhorn_forward(ctx, g("logits")?, &opts.sinkhorn)?],
-        Op::SinkhornBackward => vec![ops::sinkhorn_backward(ctx, g("logits")?, g("d_out")?, &opts.sinkhorn)?],
-        Op::PostForward => vec![ops::post_forward(ctx, &post_inputs(&up)?)?],
+        Op::SinkhornForward | Op::SinkhornBackward => {
+            let logits = g("logits")?;
+            let out = GpuTensor::zeros(ctx, op.outputs()[0], logits.shape(), DType::F32)?;
+            poison(&[&out])?;
+            if op == Op::SinkhornForward {
+                ops::sinkhorn_forward_into(ctx, logits, &out, &opts.sinkhorn)?;
+            } else {
+                ops::sinkhorn_backward_into(ctx, logits, g("d_out")?, &out, &opts.sinkhorn)?;
+            }
+            vec![out]
+        }
+        Op::PostForward => {
+            let inp = post_inputs(&up)?;
+            let dims = inp.validate()?;
+            let out = GpuTensor::zeros(ctx, "out", &dims.out_shape(&[dims.n, dims.d]), DType::BF16)?;
+            poison(&[&out])?;
+            ops::post_forward_into(ctx, &inp, &out)?;
+            vec![out]
+        }
         Op::PostBackward => {
-            let o = ops::post_backward(ctx, &post_inputs(&up)?, g("d_out")?)?;
+            let (inp, d_out) = (post_inputs(&up)?, g("d_out")?);
+            let dims = crate::core::shape::post_backward_dims(&inp, d_out)?;
+            let o = ops::PostBackwardOutputs::zeros(ctx, &dims, inp.post_layer_mix.shape())?;
+            poison(&[&o.dx, &o.dresidual, &o.dpost_layer_mix, &o.dcomb_res_mix])?;
+            ops::post_backward_into(ctx, &inp, d_out, &o)?;
             vec![o.dx, o.dresidual, o.dpost_layer_mix, o.dcomb_res_mix]
         }
     };

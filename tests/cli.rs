@@ -575,6 +575,12 @@ fn run_rejects_bad_files_and_arguments() {
     expect_failure(&args, &out_dir, &["--input"]);
     let args: Vec<String> = ["bench", "--iters", "0"].map(String::from).to_vec();
     expect_failure(&args, &out_dir, &["--iters"]);
+    // More runs than one query set times, and a shape past any device's buffers (refused
+    // before its host data would fill the host's memory).
+    let args: Vec<String> = ["bench", "--iters", "410", "--stages"].map(String::from).to_vec();
+    expect_failure(&args, &out_dir, &["--iters", "409"]);
+    let args: Vec<String> = ["bench", "--shape", "100000000,8,4096"].map(String::from).to_vec();
+    expect_failure(&args, &out_dir, &["--shape 100000000,8,4096"]);
     let args: Vec<String> = ["bench", "--shape", "4,4"].map(String::from).to_vec();
     expect_failure(&args, &out_dir, &["4,4"]);
     let args: Vec<String> = ["bench", "--op", "post"].map(String::from).to_vec();

@@ -9,7 +9,9 @@ use mhc::core::golden::{
     PreSaved, post_backward_f64, pre_backward_f64, pre_forward, sinkhorn_backward_f64, sinkhorn_forward_f64,
 };
 use mhc::core::random::{PostInputs, PreBackwardData, TensorRng, seed_from_env};
-use mhc::core::{Dims, HostTensor, PostForwardInputs, PreBackwardInputs, PreForwardInputs, PreParams, SinkhornParams};
+use mhc::core::{
+    Dims, Error, HostTensor, PostForwardInputs, PreBackwardInputs, PreForwardInputs, PreParams, SinkhornParams,
+};
 use mhc::runtime::{Context, ContextOptions, GpuTensor, ops};
 
 struct PreBackwardGpu {
@@ -208,6 +210,21 @@ fn pre_backward_token_chunks() {
     run_pre_backward(ctx_small_limits(), 1300, 2, 5, false);
 }
 
+/// The dbias / dalpha partials (M + 3 floats for each 8 tokens) are bound whole, so the
+/// binding limit caps one call's tokens: with 64 KiB, 606 rows of 27 floats at n = 4, 4848
+/// tokens. One token more is refused, naming x, and the context still works after.
+#[test]
+fn pre_backward_token_cap() {
+    let ctx = ctx_small_limits();
+    let (dims, p) = (Dims::new(4849, 4, 8).unwrap(), PreParams::default());
+    let h = PreBackwardData::random(&mut TensorRng::new(seed_from_env()), &dims, true, &p);
+    let g = PreBackwardGpu::upload(ctx, &h);
+    let err = ops::pre_backward(ctx, &g.inputs(), &p).unwrap_err();
+    assert!(matches!(&err, Error::TooLarge { what, .. } if what == "x"), "{err}");
+    assert!(err.to_string().contains("calls of at most 4848"), "{err}");
+    run_pre_backward(ctx, 4848, 4, 8, true);
+}
+
 fn run_post_backward(ctx: &Context, t: usize, n: usize, d: usize, plm_3d: bool) {
     let seed = seed_from_env();
     let dims = Dims::new(t, n, d).unwrap();
@@ -305,6 +322,7 @@ fn sinkhorn_matches_golden() {
     for n in [1, 2, 4, 8] {
         run_sinkhorn(ctx(), 33, n, SinkhornParams::default());
     }
+    run_sinkhorn(ctx(), 1, 4, SinkhornParams::default());
     run_sinkhorn(ctx(), 5, 3, SinkhornParams { iters: 1, eps: 1e-6 });
     run_sinkhorn(ctx(), 5, 4, SinkhornParams { iters: 7, eps: 1e-3 });
     // The backward keeps the divisors of 40 steps at a time: 41 and 89 steps take 2 and 3
@@ -313,10 +331,11 @@ fn sinkhorn_matches_golden() {
     run_sinkhorn(ctx(), 6, 3, SinkhornParams { iters: 45, eps: 1e-6 });
 }
 
-/// 4,200,000 tokens at 64 a workgroup need 65,625 workgroups.
+/// 4,200,000 tokens at 64 a workgroup need 65,625 workgroups. n = 2: at n = 1 every output is
+/// the same constant whichever token's logits a workgroup read.
 #[test]
 fn sinkhorn_beyond_one_dispatch_dimension() {
-    run_sinkhorn(ctx(), 4_200_000, 1, SinkhornParams { iters: 2, eps: 1e-6 });
+    run_sinkhorn(ctx(), 4_200_000, 2, SinkhornParams { iters: 2, eps: 1e-6 });
 }
 
 #[test]

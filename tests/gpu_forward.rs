@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use mhc::core::golden::post_forward_f64;
+use mhc::core::golden::{post_forward_f64, pre_forward_f64};
 use mhc::core::random::{PostInputs, PreInputs, TensorRng, seed_from_env};
 use mhc::core::{DType, Dims, Error, HostTensor, PostForwardInputs, PreForwardInputs, PreParams, SinkhornParams};
 use mhc::runtime::{Context, ContextOptions, GpuTensor, PreSplit, SplitTile, Tile, ops};
@@ -216,6 +216,11 @@ fn pre_forward_tiles() {
             run_pre_forward(&ctx, 150, 6, 64, true, None);
         }
     }
+    // Layouts `main` cannot take are refused when the context is made, naming the option.
+    for (tb, tpl, slices) in [(0, 2, 1), (12, 2, 1), (512, 1, 1), (8, 0, 1), (8, 9, 1), (8, 2, 0), (8, 2, 1025)] {
+        let tile = Some(Tile { tb, tpl, slices, newest_first: true });
+        assert_option_refused(ContextOptions { pre_forward_tile: tile, ..Default::default() }, "pre_forward_tile");
+    }
     let in_main = ContextOptions {
         pre_forward_split: Some(PreSplit::Off),
         max_binding_size: Some(64 << 10),
@@ -252,6 +257,7 @@ fn pre_forward_with_fused_sinkhorn() {
     for n in [1, 4, 8] {
         run_pre_forward(ctx(), 6, n, 32, true, Some(SinkhornParams::default()));
     }
+    run_pre_forward(ctx(), 1, 4, 64, true, Some(SinkhornParams::default()));
     run_pre_forward(ctx(), 3, 2, 3, false, Some(SinkhornParams { iters: 3, eps: 1e-3 }));
 }
 
@@ -315,6 +321,13 @@ fn post_forward_word_widths() {
         ContextOptions { post_forward_columns: Some(16), ..Default::default() },
         "post_forward_columns",
     );
+}
+
+/// One column an invocation (odd D), 128 a workgroup: 1,000,000 tokens of 9 columns need
+/// 70,313 workgroups.
+#[test]
+fn post_forward_beyond_one_dispatch_dimension() {
+    run_post_forward(ctx(), 1_000_000, 2, 9);
 }
 
 #[test]
@@ -490,6 +503,54 @@ fn bad_inputs_are_errors_naming_the_tensor() {
     )
     .unwrap_err();
     assert!(msg(e).starts_with("h_res_logits"));
+}
+
+/// Tensors wrapped in a caller's larger buffers: phi (bound whole) and h_mix, each followed by
+/// 256 bytes the call must neither read as part of the tensor nor write. Poisoning, the
+/// kernels and the readback touch only the tensors' bytes.
+#[test]
+fn tensors_in_larger_caller_buffers() {
+    use mhc::runtime::wgpu::{BufferDescriptor, BufferUsages};
+    let ctx = ctx();
+    let seed = seed_from_env();
+    let (dims, p) = (Dims::new(9, 4, 24).unwrap(), PreParams::default());
+    let host = PreInputs::random(&mut TensorRng::new(seed), &dims, true);
+    let tail = [0x7Fu8; 256]; // NaNs in f32, were they read as phi
+    let wrapped = |name: &str, shape: &[usize], bytes: &[u8]| {
+        let buffer = ctx.device().create_buffer(&BufferDescriptor {
+            label: Some(name),
+            size: (bytes.len() + tail.len()) as u64,
+            usage: BufferUsages::STORAGE | BufferUsages::COPY_SRC | BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue().write_buffer(&buffer, 0, &[bytes, &tail[..]].concat());
+        GpuTensor::from_buffer(name, buffer, shape, DType::F32).unwrap()
+    };
+    let phi = wrapped("phi", &[24, 96], host.phi.as_le_bytes());
+    let (x, alpha, bias) = (up(ctx, "x", &host.x), up(ctx, "alpha", &host.alpha), up(ctx, "bias", &host.bias));
+    let gamma = up(ctx, "gamma", host.gamma.as_ref().unwrap());
+    let mut out = ops::PreForwardOutputs::zeros(ctx, &dims, false).unwrap();
+    out.h_mix = wrapped("h_mix", &[9, 24], &[0u8; 9 * 24 * 4]);
+    poison(ctx, &[&out.h_in, &out.h_post, &out.h_res, &out.inv_rms, &out.h_mix, &out.h_pre]);
+    let inputs = PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: Some(&gamma) };
+    ops::pre_forward_into(ctx, &inputs, &out, &p, None).unwrap();
+    let f = |t: &HostTensor| t.to_f64();
+    let r = pre_forward_f64(
+        &dims,
+        &f(&host.x),
+        &f(&host.phi),
+        &f(&host.alpha),
+        &f(&host.bias),
+        host.gamma.as_ref().map(f).as_deref(),
+        &p,
+    );
+    check(ctx, "h_mix in a larger buffer", &out.h_mix, &r.h_mix, None, seed);
+    check(ctx, "h_in with phi in a larger buffer", &out.h_in, &r.h_in, None, seed);
+    let whole =
+        GpuTensor::from_buffer("h_mix's buffer", out.h_mix.buffer().clone(), &[9 * 24 + 64], DType::F32).unwrap();
+    let host_whole = whole.read(ctx).unwrap();
+    let bytes = host_whole.as_le_bytes();
+    assert_eq!(&bytes[9 * 24 * 4..], &tail[..], "h_mix's call wrote past its tensor");
 }
 
 /// Scratch buffers (the gamma-folded phi) are kept between calls and reused by smaller ones,

@@ -106,6 +106,7 @@ fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result
     }
     steady_set(|| {
         if ctx.capabilities().timestamps {
+            // `bench` holds iters to `max_timed_passes`, far below u32's range.
             ctx.start_timing(runs.iters as u32, runs.stages)?;
             for _ in 0..runs.iters {
                 f(i)?;
@@ -310,8 +311,10 @@ fn bench_op(ctx: &Context, op: Op, dims: &Dims, fused: bool, runs: Runs, opts: &
 }
 
 pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
-    if a.iters == 0 {
-        return Err("--iters must be at least 1".into());
+    let most = mhc::runtime::max_timed_passes(a.stages);
+    if a.iters == 0 || a.iters > most as usize {
+        let with = if a.stages { "with" } else { "without" };
+        return Err(format!("--iters must be 1 to {most} {with} --stages (the timestamps one query set holds)").into());
     }
     let ctx = context()?;
     let info = ctx.adapter_info().clone();
@@ -337,6 +340,19 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
     } else {
         a.shapes.clone()
     };
+    // Before any host data is made: a shape past the device's buffers would otherwise first
+    // fill the host's memory.
+    let max_buffer = ctx.device().limits().max_buffer_size;
+    for dims in &shapes {
+        let widest = (dims.t * dims.k() * 2).max(dims.t * dims.m() * 4) as u64;
+        if widest > max_buffer {
+            return Err(format!(
+                "--shape {},{},{}: its largest tensor takes {widest} bytes, {} allows {max_buffer} in one buffer",
+                dims.t, dims.n, dims.d, info.name
+            )
+            .into());
+        }
+    }
     // mhc_pre forward is also timed with its fused Sinkhorn, the path a model takes.
     let mut jobs: Vec<(Op, bool)> = Vec::new();
     for &op in &ops {

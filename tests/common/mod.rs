@@ -79,7 +79,7 @@ pub fn up(ctx: &Context, name: &str, t: &HostTensor) -> GpuTensor {
 /// cannot pass as correct.
 pub fn poison(ctx: &Context, outs: &[&GpuTensor]) {
     for o in outs {
-        o.fill_bytes(ctx, 0xFF);
+        o.fill_bytes(ctx, 0xFF).unwrap_or_else(|e| panic!("poisoning an output: {e}"));
     }
 }
 

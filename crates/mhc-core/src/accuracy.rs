@@ -51,7 +51,8 @@ impl Comparison {
 }
 
 /// Compares `out` with `reference` under `tol`; NaN or Inf never passes where the reference is
-/// finite, and a length mismatch is a failure, not a panic.
+/// finite, an element whose reference is NaN or Inf never passes at all, and a length mismatch
+/// is a failure, not a panic.
 pub fn compare(tensor: &str, out: &HostTensor, reference: &[f64], tol: Tolerance) -> Comparison {
     compare_with(tensor, out, reference, None, tol)
 }
@@ -101,7 +102,14 @@ fn compare_with(
     let (mut diff2, mut ref2, mut allowed2) = (0.0, 0.0, 0.0);
     for (i, (&o, &r)) in got.iter().zip(reference).enumerate() {
         let e = (o - r).abs();
-        if !o.is_finite() && r.is_finite() {
+        // No bound holds against an infinite or NaN reference (NaN errors compare as
+        // within any bound), so such an element fails, whatever the output.
+        if !r.is_finite() {
+            c.failure.get_or_insert_with(|| format!("element {i}: the reference is {r}, which nothing can match"));
+            c.max_abs_err = f64::INFINITY;
+            continue;
+        }
+        if !o.is_finite() {
             c.failure.get_or_insert_with(|| format!("element {i} is {o}, reference {r}"));
             c.max_abs_err = f64::INFINITY;
             continue;

@@ -20,4 +20,4 @@ pub use error::{Error, Result};
 pub use half::bf16;
 pub use op::{Cost, Op};
 pub use shape::{Dims, MAX_STREAMS, PostForwardInputs, PreBackwardInputs, PreForwardInputs, PreParams, SinkhornParams};
-pub use tensor::{HostData, HostTensor, TensorMeta};
+pub use tensor::{HostData, HostTensor, TensorMeta, checked_numel};

@@ -27,9 +27,15 @@ impl Dims {
 
     /// Like [`Dims::new`] with the tokens given as leading dims (say `[batch, seq]`).
     pub fn with_lead(lead: Vec<usize>, n: usize, d: usize) -> Result<Self> {
-        let t: usize = lead.iter().product();
         let mut shape = lead.clone();
         shape.extend([n, d]);
+        let t = crate::checked_numel("x", &lead, 1)?;
+        // Every per-token tensor's f32 bytes (at most max(K, M) values a token) must be
+        // countable, so that no size computed from these dims wraps.
+        let widest = n.saturating_mul(d).max(n.saturating_mul(n + 2));
+        if t.checked_mul(widest).and_then(|e| e.checked_mul(DType::F32.size_bytes())).is_none() {
+            return Err(Error::TooLarge { what: "x".into(), detail: format!("shape {shape:?} has too many elements") });
+        }
         if t == 0 {
             return Err(Error::shape("x", "[..., n, D] with at least one token", &shape));
         }

@@ -42,8 +42,22 @@ impl TensorMeta for HostTensor {
     }
 }
 
+/// The elements of `shape`, or an error naming `tensor` where their count (or, with
+/// `elem_bytes`, their bytes) passes what `usize` counts: a wrapped product could otherwise
+/// match a short buffer.
+pub fn checked_numel(tensor: &str, shape: &[usize], elem_bytes: usize) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|n| n.checked_mul(elem_bytes.max(1)).is_some())
+        .ok_or_else(|| Error::TooLarge {
+            what: tensor.into(),
+            detail: format!("shape {shape:?} has too many elements"),
+        })
+}
+
 fn check_len(shape: &[usize], len: usize) -> Result<()> {
-    let numel: usize = shape.iter().product();
+    let numel = checked_numel("tensor", shape, 1)?;
     if numel != len {
         return Err(Error::Data {
             tensor: "tensor".into(),
@@ -97,7 +111,7 @@ impl HostTensor {
     /// Reinterprets little-endian bytes (as stored in safetensors files or GPU buffers).
     pub fn from_le_bytes(shape: impl Into<Vec<usize>>, dtype: DType, bytes: &[u8]) -> Result<Self> {
         let shape = shape.into();
-        let numel: usize = shape.iter().product();
+        let numel = checked_numel("tensor", &shape, dtype.size_bytes())?;
         if bytes.len() != numel * dtype.size_bytes() {
             return Err(Error::Data {
                 tensor: "tensor".into(),

@@ -68,6 +68,22 @@ fn non_finite_never_passes_against_finite_reference() {
     }
 }
 
+/// A reference with no finite value at an element (the golden math overflowed, or its inputs
+/// held one) cannot vouch for any output there, even an equal one.
+#[test]
+fn non_finite_reference_never_passes() {
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let (mut r, _) = exact(DType::F32);
+        r[42] = bad;
+        let t = HostTensor::from_f64([100, 100], DType::F32, &r).unwrap();
+        let loose = Tolerance { norm: 1e30, rel: 1e30, abs_of_max: 1e30 };
+        for c in [compare("out", &t, &r, loose), compare_sum("out", &t, &r, &vec![1.0; N], loose)] {
+            assert!(!c.passed(), "reference {bad} passed: {c:?}");
+            assert!(c.failure.as_ref().unwrap().contains("element 42"), "{c:?}");
+        }
+    }
+}
+
 #[test]
 fn length_mismatch_fails() {
     let (r, t) = exact(DType::F32);

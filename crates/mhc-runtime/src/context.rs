@@ -1,7 +1,8 @@
 //! Adapter and device setup: which GPU mhc runs on and what it may use there.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use mhc_core::{Error, Result};
 use mhc_wgsl::{SplitTile, Target, Tile};
@@ -42,12 +43,13 @@ pub struct ContextOptions {
     /// and 8 above. `Context::new` reads `MHC_POST_COLUMNS=4` (or 8).
     pub post_forward_columns: Option<u32>,
     /// Run mhc_pre forward's projection on f16 cooperative matrices (tensor cores) where the
-    /// shape allows (K a multiple of 32, M at most 32, D a multiple of 8): faster, with the
-    /// accuracy docs/PERFORMANCE.md states (inside SPEC.md's tolerances; not bit-identical
-    /// to the exact f32 path, which stays the default). Needs wgpu's experimental cooperative
-    /// matrices with the f16 16x16x16 configuration and f32 accumulators, and subgroups of
-    /// exactly 32; creating the context fails where they are missing. `Context::new` reads
-    /// `MHC_COOP=1`.
+    /// shape allows (K a multiple of 32, M at most 32, D a multiple of 8), with the accuracy
+    /// docs/PERFORMANCE.md states (inside SPEC.md's tolerances; not bit-identical to the exact
+    /// f32 path, which stays the default). On the NVIDIA H100 and H200 measured there it is
+    /// 1.2-1.7x slower than the f32 path: an experiment, kept for GPUs where it may not be.
+    /// Needs wgpu's experimental cooperative matrices with the f16 16x16x16 configuration and
+    /// f32 accumulators, and subgroups of exactly 32; creating the context fails where they
+    /// are missing. `Context::new` reads `MHC_COOP=1`.
     pub cooperative_matrix: bool,
     /// Compile the kernels with wgpu's runtime checks: indices into workgroup and private
     /// arrays clamped, loops bounded by a hidden counter, integer division guarded. Off by
@@ -127,7 +129,7 @@ pub struct Context {
     pub(crate) pipelines: PipelineCache,
     pub(crate) scratch: crate::scratch::ScratchPool,
     pub(crate) timer: crate::timing::TimerSlot,
-    lost: Arc<Mutex<Option<String>>>,
+    lost: LostFlag,
 }
 
 /// Features mhc uses when present; none is required.
@@ -196,21 +198,41 @@ pub fn adapters() -> Vec<wgpu::AdapterInfo> {
     pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all())).iter().map(|a| a.get_info()).collect()
 }
 
+/// The message of a device's loss, once lost.
+type LostFlag = Arc<Mutex<Option<String>>>;
+
 /// A wgpu device with its queue and the message of its loss, once lost.
 #[derive(Clone)]
 struct DeviceQueue {
     device: wgpu::Device,
     queue: wgpu::Queue,
-    lost: Arc<Mutex<Option<String>>>,
+    lost: LostFlag,
 }
 
-/// Where the device-lost callback of `device` leaves its message.
-fn watch_lost(device: &wgpu::Device) -> Arc<Mutex<Option<String>>> {
-    let lost = Arc::new(Mutex::new(None));
+/// Where the device-lost callback of `device` leaves its message. wgpu keeps one callback a
+/// device, so every context on a device shares one: a second callback would silence the
+/// first context's. Devices are told apart by identity (`wgpu::Device`'s `Hash`), and the
+/// table holds no device, only weak references to the flags, which the device's callback and
+/// the contexts on it hold: an entry goes with its device.
+fn watch_lost(device: &wgpu::Device) -> LostFlag {
+    type Flags = HashMap<u64, Weak<Mutex<Option<String>>>>;
+    static WATCHED: OnceLock<Mutex<Flags>> = OnceLock::new();
+    let mut watched = WATCHED.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    watched.retain(|_, flag| flag.strong_count() > 0);
+    let key = {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        device.hash(&mut h);
+        h.finish()
+    };
+    if let Some(lost) = watched.get(&key).and_then(Weak::upgrade) {
+        return lost;
+    }
+    let lost: LostFlag = Arc::new(Mutex::new(None));
     let sink = lost.clone();
     device.set_device_lost_callback(move |reason, msg| {
         *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{reason:?}: {msg}"));
     });
+    watched.insert(key, Arc::downgrade(&lost));
     lost
 }
 
@@ -304,6 +326,12 @@ impl Context {
 
     /// Wraps a device and queue the caller already owns (a game engine's, another ML
     /// runtime's). mhc uses the features and limits the device was created with.
+    ///
+    /// mhc watches for the device's loss through its lost callback, of which wgpu keeps one a
+    /// device: a callback set before the first context on the device is replaced, and one set
+    /// after it leaves mhc unable to tell a lost device from a live one (its calls would
+    /// then fail with wgpu's errors rather than [`Context::check_lost`]'s). Contexts on the
+    /// same device, made here or by [`Context::new`], share the one callback.
     pub fn from_device(
         info: wgpu::AdapterInfo,
         device: wgpu::Device,
@@ -354,10 +382,18 @@ impl Context {
         if let Some(c) = opts.post_forward_columns {
             post_columns("post_forward_columns", c)?;
         }
+        if let Some(t) = opts.pre_forward_tile {
+            check_tile("pre_forward_tile", t)?;
+        }
+        // Whole words (bindings are padded to 4 bytes), and at most 2^31 bytes: the kernels
+        // index a binding's elements (bf16 ones too) and words with u32, and Metal allows
+        // bindings of many GiB.
         let max_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
-            .min(opts.max_binding_size.unwrap_or(u64::MAX));
+            .min(opts.max_binding_size.unwrap_or(u64::MAX))
+            .min(1 << 31)
+            & !3;
         let max_groups = limits
             .max_compute_workgroups_per_dimension
             .min(opts.max_workgroups_per_dimension.unwrap_or(u32::MAX))
@@ -540,10 +576,21 @@ fn tile_from_env() -> Result<Option<Tile>> {
         [tb, tpl, slices] => (tb, tpl, slices),
         _ => return Err(bad()),
     };
+    check_tile("MHC_PRE_TILE", Tile { tb, tpl, slices, newest_first: true }).map(Some).map_err(|_| bad())
+}
+
+/// `tile` where mhc_pre forward's `main` can take it: tb a power of two up to 256, tpl 1 to 8,
+/// slices 1 to 1024 (else naga or the driver would refuse the kernel, with an error that names
+/// no option).
+fn check_tile(option: &str, tile: Tile) -> Result<Tile> {
+    let Tile { tb, tpl, slices, .. } = tile;
     if tb.is_power_of_two() && tb <= 256 && (1..=8).contains(&tpl) && (1..=1024).contains(&slices) {
-        Ok(Some(Tile { tb, tpl, slices, newest_first: true }))
+        Ok(tile)
     } else {
-        Err(bad())
+        Err(Error::param(
+            option,
+            format!("expected tb a power of two <= 256, tpl 1..=8 and slices 1..=1024, got {tb}, {tpl}, {slices}"),
+        ))
     }
 }
 

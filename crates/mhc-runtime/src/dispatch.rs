@@ -94,7 +94,13 @@ impl Context {
             .map(|(binding, b)| wgpu::BindGroupEntry {
                 binding: *binding,
                 resource: match b {
-                    Bind::All(t) => t.buffer().as_entire_binding(),
+                    // The tensor's bytes, not its buffer's: a kept scratch buffer or a
+                    // caller's (`GpuTensor::from_buffer`) may be larger than the binding limit.
+                    Bind::All(t) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: t.buffer(),
+                        offset: 0,
+                        size: wgpu::BufferSize::new(t.bound_bytes()),
+                    }),
                     Bind::Uniform(u) => u.as_entire_binding(),
                     Bind::Tokens(t, per, range) => {
                         let offset = range.start as u64 * per;

@@ -18,5 +18,5 @@ pub use context::{Capabilities, Context, ContextOptions, PreSplit, adapters};
 pub use mhc_core::TensorMeta;
 pub use mhc_wgsl::{SplitTile, Tile};
 pub use tensor::GpuTensor;
-pub use timing::PassTime;
+pub use timing::{PassTime, max_timed_passes};
 pub use wgpu;

@@ -1,6 +1,6 @@
 //! Tensors in GPU memory: a storage buffer with a shape and a dtype.
 
-use mhc_core::{DType, Error, HostTensor, Result, TensorMeta};
+use mhc_core::{DType, Error, HostTensor, Result, TensorMeta, checked_numel};
 
 use crate::Context;
 
@@ -33,6 +33,7 @@ const USAGE: wgpu::BufferUsages =
 impl GpuTensor {
     /// A new tensor; its contents are zero (wgpu clears new buffers).
     pub fn zeros(ctx: &Context, name: &str, shape: &[usize], dtype: DType) -> Result<Self> {
+        checked_numel(name, shape, dtype.size_bytes())?;
         let size = padded_bytes(shape, dtype);
         let max = ctx.device.limits().max_buffer_size;
         if size > max {
@@ -57,19 +58,24 @@ impl GpuTensor {
         let t = Self::zeros(ctx, name, host.shape(), host.dtype())?;
         let bytes = host.as_le_bytes();
         let whole = bytes.len() / 4 * 4;
-        ctx.queue.write_buffer(&t.buffer, 0, &bytes[..whole]);
-        if whole < bytes.len() {
-            let mut tail = [0u8; 4];
-            tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
-            ctx.queue.write_buffer(&t.buffer, whole as u64, &tail);
-        }
+        // Inside error scopes: a failed write (its staging memory, say) is an `Err`, where
+        // wgpu's default handler would panic.
+        ctx.scoped(&format!("uploading {name}"), || {
+            ctx.queue.write_buffer(&t.buffer, 0, &bytes[..whole]);
+            if whole < bytes.len() {
+                let mut tail = [0u8; 4];
+                tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+                ctx.queue.write_buffer(&t.buffer, whole as u64, &tail);
+            }
+            Ok(())
+        })?;
         Ok(t)
     }
 
     /// Wraps a buffer the caller owns, without a copy. It must have `STORAGE` usage (and
     /// `COPY_SRC` to be read back) and hold at least the tensor's bytes from offset 0.
     pub fn from_buffer(name: &str, buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> Result<Self> {
-        let need = shape.iter().product::<usize>() as u64 * dtype.size_bytes() as u64;
+        let need = (checked_numel(name, shape, dtype.size_bytes())? * dtype.size_bytes()) as u64;
         if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
             return Err(Error::Data { tensor: name.into(), detail: "buffer lacks STORAGE usage".into() });
         }
@@ -90,30 +96,41 @@ impl GpuTensor {
         &self.buffer
     }
 
+    /// The bytes a binding of the whole tensor spans: its elements', padded to a word.
+    pub(crate) fn bound_bytes(&self) -> u64 {
+        padded_bytes(&self.shape, self.dtype)
+    }
+
     /// The same buffer under another shape with as many elements (e.g. to flatten leading dims).
     pub fn reshaped(&self, shape: &[usize]) -> Result<Self> {
-        if shape.iter().product::<usize>() != self.numel() {
+        if checked_numel("tensor", shape, 1)? != self.numel() {
             return Err(Error::shape("tensor", format!("{} elements", self.numel()), shape));
         }
         Ok(Self { buffer: self.buffer.clone(), shape: shape.to_vec(), dtype: self.dtype })
     }
 
-    /// Fills every byte with `byte`: tests poison outputs with it before a kernel runs.
-    pub fn fill_bytes(&self, ctx: &Context, byte: u8) {
-        let data = vec![byte; self.buffer.size() as usize];
-        ctx.queue.write_buffer(&self.buffer, 0, &data);
+    /// Fills every byte with `byte`: `mhc check` and the tests poison outputs with 0xFF (NaN
+    /// in f32 and bf16) before a kernel runs, so that an element it skips cannot pass.
+    pub fn fill_bytes(&self, ctx: &Context, byte: u8) -> Result<()> {
+        // The tensor's bytes only: a caller's buffer may hold more than this tensor.
+        let data = vec![byte; self.bound_bytes() as usize];
+        ctx.scoped("filling a tensor", || {
+            ctx.queue.write_buffer(&self.buffer, 0, &data);
+            Ok(())
+        })
     }
 
     /// Copies the tensor back to the host (waits for the GPU).
     pub fn read(&self, ctx: &Context) -> Result<HostTensor> {
-        let bytes = read_buffer(ctx, &self.buffer)?;
+        // The tensor's bytes only, not the rest of a caller's larger buffer.
+        let bytes = read_buffer(ctx, &self.buffer, self.bound_bytes())?;
         HostTensor::from_le_bytes(self.shape.clone(), self.dtype, &bytes[..self.numel() * self.dtype.size_bytes()])
     }
 }
 
-/// The bytes of a `COPY_SRC` buffer, through a mapped staging buffer (waits for the GPU).
-pub(crate) fn read_buffer(ctx: &Context, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
-    let size = buffer.size();
+/// The first `size` bytes (a multiple of 4) of a `COPY_SRC` buffer, through a mapped staging
+/// buffer (waits for the GPU).
+pub(crate) fn read_buffer(ctx: &Context, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
     let staging = ctx.scoped("readback", || {
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("mhc readback"),

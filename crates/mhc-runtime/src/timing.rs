@@ -36,6 +36,12 @@ fn queries_per_pass(stages: bool) -> u32 {
     if stages { 2 + MAX_STAGES } else { 2 }
 }
 
+/// The most passes one [`Context::start_timing`] can record: a query set holds at most
+/// `wgpu::QUERY_SET_MAX_QUERIES` timestamps.
+pub fn max_timed_passes(stages: bool) -> u32 {
+    wgpu::QUERY_SET_MAX_QUERIES / queries_per_pass(stages)
+}
+
 impl Timer {
     fn per_pass(&self) -> u32 {
         queries_per_pass(self.stages)
@@ -72,9 +78,16 @@ impl TimerSlot {
 
 impl Context {
     /// Starts recording the GPU time of the next `passes` operator calls (each is one compute
-    /// pass), and with `stages` of each entry point's dispatches within them (up to 8 a call).
-    /// Needs the adapter's timestamp queries, for `stages` also inside passes.
+    /// pass; at most [`max_timed_passes`]), and with `stages` of each entry point's dispatches
+    /// within them (up to 8 a call). Needs the adapter's timestamp queries, for `stages` also
+    /// inside passes.
     pub fn start_timing(&self, passes: u32, stages: bool) -> Result<()> {
+        if passes > max_timed_passes(stages) {
+            return Err(Error::param(
+                "passes",
+                format!("{passes}: one query set times at most {} passes", max_timed_passes(stages)),
+            ));
+        }
         if !self.capabilities().timestamps {
             return Err(Error::gpu("timing", "the adapter has no timestamp queries"));
         }
@@ -113,7 +126,7 @@ impl Context {
             self.queue.submit([enc.finish()]);
             Ok(buf)
         })?;
-        let raw = crate::tensor::read_buffer(self, &resolve)?;
+        let raw = crate::tensor::read_buffer(self, &resolve, resolve.size())?;
         let ticks: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
         let period = f64::from(self.queue.get_timestamp_period()) * 1e-9;
         let secs = |from: u64, to: u64| to.saturating_sub(from) as f64 * period;

@@ -15,7 +15,7 @@ pub use pre_backward::{PreBackwardOutputs, pre_backward, pre_backward_into};
 pub use pre_forward::{PreForwardOutputs, pre_forward, pre_forward_into};
 pub use sinkhorn::{sinkhorn_backward, sinkhorn_backward_into, sinkhorn_forward, sinkhorn_forward_into};
 
-use mhc_core::{Error, Result, TensorMeta};
+use mhc_core::{Dims, Error, Result, TensorMeta};
 
 use crate::{Context, GpuTensor};
 
@@ -31,6 +31,12 @@ impl Context {
         }
         Ok(())
     }
+}
+
+/// n and D as the kernels' u32 constants, with K = n * D, which they also hold, in range.
+pub(crate) fn kernel_dims(dims: &Dims) -> Result<(u32, u32)> {
+    to_u32(dims.k(), "K = n * D")?;
+    Ok((to_u32(dims.n, "n")?, to_u32(dims.d, "D")?))
 }
 
 /// Sizes and counts the kernels index with 32-bit integers.

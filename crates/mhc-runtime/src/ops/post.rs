@@ -2,7 +2,7 @@ use mhc_core::shape::{expect_per_token, post_backward_dims};
 use mhc_core::{DType, Dims, PostForwardInputs, Result, TensorMeta};
 use mhc_wgsl::{Family, Spec};
 
-use super::to_u32;
+use super::{kernel_dims, to_u32};
 use crate::{Context, GpuTensor};
 
 #[repr(C)]
@@ -32,7 +32,7 @@ pub fn post_forward_into(ctx: &Context, inp: &PostForwardInputs<'_, GpuTensor>, 
         (4, inp.comb_res_mix, "comb_res_mix"),
         (5, out, "out"),
     ];
-    let (n, d) = (to_u32(dims.n, "n")?, to_u32(dims.d, "D")?);
+    let (n, d) = kernel_dims(&dims)?;
     let columns = ctx.post_forward_columns().unwrap_or_else(|| mhc_wgsl::post_forward_columns(d, dims.t));
     let spec = mhc_wgsl::post_forward(n, d, columns, ctx.target());
     // Invocations per token: one per word of CPI columns.
@@ -104,7 +104,8 @@ pub fn post_backward_into(
         (9, &out.dpost_layer_mix, "dpost_layer_mix"),
         (10, &out.dcomb_res_mix, "dcomb_res_mix"),
     ];
-    let spec = mhc_wgsl::post_backward(to_u32(n, "n")?, to_u32(d, "D")?, ctx.target());
+    let (n, d) = kernel_dims(&dims)?;
+    let spec = mhc_wgsl::post_backward(n, d, ctx.target());
     // One workgroup a token.
     run(ctx, &dims, "backward", &spec, &rows, |tokens, _| tokens)
 }

@@ -2,7 +2,7 @@ use mhc_core::shape::{expect_exact, expect_per_token};
 use mhc_core::{DType, Dims, Error, PreBackwardInputs, PreParams, Result};
 use mhc_wgsl::Family;
 
-use super::to_u32;
+use super::{kernel_dims, to_u32};
 use crate::{Context, GpuTensor};
 
 #[repr(C)]
@@ -110,8 +110,8 @@ pub fn pre_backward_into(
     let f = &inp.fwd;
     let (t, m, k) = (dims.t, dims.m(), dims.k());
     let big_coef = p.norm_eps < BIG_COEF_NORM_EPS;
-    let spec =
-        mhc_wgsl::pre_backward(to_u32(dims.n, "n")?, to_u32(dims.d, "D")?, f.gamma.is_some(), big_coef, ctx.target());
+    let (n, d) = kernel_dims(&dims)?;
+    let spec = mhc_wgsl::pre_backward(n, d, f.gamma.is_some(), big_coef, ctx.target());
     let get = |name| spec.get(name).map(|v| v as usize).expect("pre_backward spec sets TB and WG");
     let (tb, wg) = (get("TB"), get("WG"));
     let pair = spec.flag_value("PAIR") == Some(true);
@@ -147,6 +147,19 @@ pub fn pre_backward_into(
         })
         .collect();
     let n_small = chunks.ranges.iter().map(|r| r.len().div_ceil(tb)).sum::<usize>();
+    // Bound whole, unlike the per-token tensors, so it caps the tokens of one call.
+    let small_bytes = (n_small * (m + 3) * 4) as u64;
+    if small_bytes > ctx.max_binding_size() {
+        let most = ctx.max_binding_size() / ((m as u64 + 3) * 4) * tb as u64;
+        return Err(Error::TooLarge {
+            what: "x".into(),
+            detail: format!(
+                "{t} tokens: mhc_pre backward's dbias/dalpha partials would take {small_bytes} bytes, the device \
+                 binds at most {}; split the tokens over calls of at most {most}",
+                ctx.max_binding_size()
+            ),
+        });
+    }
     let part_small = ctx.scratch("dbias/dalpha partials", &[n_small, m + 3], DType::F32)?;
 
     // dphi / dgamma partials: one slice per token segment, shared by all chunks.

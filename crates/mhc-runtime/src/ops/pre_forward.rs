@@ -3,7 +3,7 @@ use mhc_core::shape::expect_per_token;
 use mhc_core::{DType, Dims, Error, PreForwardInputs, PreParams, Result, SinkhornParams};
 use mhc_wgsl::{CoopTile, Family, Projection, SplitTile, Tile};
 
-use super::to_u32;
+use super::{kernel_dims, to_u32};
 use crate::dispatch::Chunks;
 use crate::pipeline::Kernel;
 use crate::{Context, GpuTensor, PreSplit};
@@ -125,7 +125,7 @@ pub fn pre_forward_into(
     if let Some(g) = inp.gamma {
         ctx.check_whole("gamma", g)?;
     }
-    let (n, d) = (to_u32(dims.n, "n")?, to_u32(dims.d, "D")?);
+    let (n, d) = kernel_dims(&dims)?;
     let tile = ctx.pre_forward_tile().unwrap_or_else(|| Tile::for_tokens(n, d, dims.t));
     let coop = if ctx.capabilities().cooperative_matrix { CoopTile::for_shape(n, d, dims.t) } else { None };
     let split = match (coop, ctx.pre_forward_split()) {
@@ -289,8 +289,12 @@ struct CoopProjection {
 
 impl CoopProjection {
     fn new(ctx: &Context, dims: &Dims, tile: CoopTile) -> Result<Self> {
-        let spec = mhc_wgsl::pre_forward_coop(to_u32(dims.n, "n")?, to_u32(dims.d, "D")?, tile);
+        let (n, d) = kernel_dims(dims)?;
+        let spec = mhc_wgsl::pre_forward_coop(n, d, tile);
         let blocks = spec.get("NB").expect("pre_forward_coop spec sets NB") as usize;
+        let tiles = ctx.scratch("phi f16 tiles", &[32 * dims.k()], DType::F32)?;
+        // Bound whole: 32 rows of K where phi has M.
+        ctx.check_whole("phi f16 tiles", &tiles)?;
         Ok(Self {
             tile,
             k: dims.k(),
@@ -299,7 +303,7 @@ impl CoopProjection {
             split_phi: ctx.pipeline(Family::PreForwardCoop, "split_phi", &spec)?,
             project: ctx.pipeline(Family::PreForwardCoop, "project", &spec)?,
             tops: ctx.scratch("phi block maxima", &[32 * blocks], DType::F32)?,
-            tiles: ctx.scratch("phi f16 tiles", &[32 * dims.k()], DType::F32)?,
+            tiles,
             unscale: ctx.scratch("phi tile scales", &[32], DType::F32)?,
             part: ctx.scratch("projection partials", &[dims.t, tile.partial_floats() as usize], DType::F32)?,
         })
