@@ -120,6 +120,16 @@ pub fn expect_per_token(name: &str, t: &dyn TensorMeta, dtype: DType, tokens: us
     Ok(())
 }
 
+/// `post_layer_mix` or its gradient: f32 `[..., n]` or `[..., n, 1]` over `tokens` tokens.
+pub fn expect_post_layer_mix(name: &str, t: &dyn TensorMeta, tokens: usize, n: usize) -> Result<()> {
+    expect_dtype(name, t, DType::F32)?;
+    if expect_per_token(name, t, DType::F32, tokens, &[n, 1]).is_err() {
+        expect_per_token(name, t, DType::F32, tokens, &[n])
+            .map_err(|_| Error::shape(name, format!("[..., {n}] or [..., {n}, 1] with {tokens} tokens"), t.shape()))?;
+    }
+    Ok(())
+}
+
 /// The tensors of mhc_pre forward (SPEC.md section 1).
 /// Generic over the tensor type so host (golden) and GPU calls share one validation.
 #[derive(Clone, Copy)]
@@ -220,9 +230,7 @@ impl<T: TensorMeta> PostForwardInputs<'_, T> {
         let dims = Dims::from_streams("residual", self.residual)?;
         let (t, n) = (dims.t, dims.n);
         expect_per_token("x", self.x, DType::BF16, t, &[dims.d])?;
-        if expect_per_token("post_layer_mix", self.post_layer_mix, DType::F32, t, &[n, 1]).is_err() {
-            expect_per_token("post_layer_mix", self.post_layer_mix, DType::F32, t, &[n])?;
-        }
+        expect_post_layer_mix("post_layer_mix", self.post_layer_mix, t, n)?;
         expect_per_token("comb_res_mix", self.comb_res_mix, DType::F32, t, &[n, n])?;
         Ok(dims)
     }

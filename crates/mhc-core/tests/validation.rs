@@ -338,6 +338,8 @@ proptest! {
         };
         if how == 3 {
             assert_dtype_err(r, name, dtype);
+        } else if name == "post_layer_mix" {
+            assert_shape_err(r, name, &format!("[..., {n}] or [..., {n}, 1] with {t} tokens"), &actual);
         } else {
             assert_shape_err(r, name, &per_token(t, &tail), &actual);
         }
@@ -428,7 +430,7 @@ fn post_layer_mix_both_forms_for_n1() {
     }
     let plm = f32m(vec![3, 2]);
     let inp = PostForwardInputs { x: &x, residual: &res, post_layer_mix: &plm, comb_res_mix: &comb };
-    assert_shape_err(inp.validate(), "post_layer_mix", "[..., 1] with 3 tokens", &[3, 2]);
+    assert_shape_err(inp.validate(), "post_layer_mix", "[..., 1] or [..., 1, 1] with 3 tokens", &[3, 2]);
 }
 
 #[test]

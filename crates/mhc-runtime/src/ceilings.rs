@@ -18,11 +18,11 @@ struct Params {
 /// Copies `src` into `dst` (same size, a multiple of 16 bytes) with 16-byte loads and stores.
 pub fn copy(ctx: &Context, src: &GpuTensor, dst: &GpuTensor) -> Result<()> {
     let bytes = (src.numel() * src.dtype().size_bytes()) as u64;
-    if !bytes.is_multiple_of(16) || dst.numel() * dst.dtype().size_bytes() != src.numel() * src.dtype().size_bytes() {
-        return Err(Error::Data {
-            tensor: "dst".into(),
-            detail: "copy needs equal sizes, a multiple of 16 bytes".into(),
-        });
+    if !bytes.is_multiple_of(16) {
+        return Err(Error::Data { tensor: "src".into(), detail: format!("{bytes} bytes, not a multiple of 16") });
+    }
+    if dst.numel() * dst.dtype().size_bytes() != src.numel() * src.dtype().size_bytes() {
+        return Err(Error::Data { tensor: "dst".into(), detail: format!("not src's {bytes} bytes") });
     }
     ctx.check_whole("src", src)?;
     let spec = mhc_wgsl::bench();

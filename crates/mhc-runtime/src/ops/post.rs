@@ -1,4 +1,4 @@
-use mhc_core::shape::{expect_per_token, post_backward_dims};
+use mhc_core::shape::{expect_per_token, expect_post_layer_mix, post_backward_dims};
 use mhc_core::{DType, Dims, PostForwardInputs, Result, TensorMeta};
 use mhc_wgsl::{Family, Spec};
 
@@ -90,8 +90,7 @@ pub fn post_backward_into(
     let (t, n, d) = (dims.t, dims.n, dims.d);
     expect_per_token("dx", &out.dx, DType::BF16, t, &[d])?;
     expect_per_token("dresidual", &out.dresidual, DType::BF16, t, &[n, d])?;
-    expect_per_token("dpost_layer_mix", &out.dpost_layer_mix, DType::F32, t, &[n])
-        .or_else(|_| expect_per_token("dpost_layer_mix", &out.dpost_layer_mix, DType::F32, t, &[n, 1]))?;
+    expect_post_layer_mix("dpost_layer_mix", &out.dpost_layer_mix, t, n)?;
     expect_per_token("dcomb_res_mix", &out.dcomb_res_mix, DType::F32, t, &[n, n])?;
     let rows = [
         (1, inp.x, "x"),
