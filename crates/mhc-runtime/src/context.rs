@@ -168,9 +168,6 @@ fn check_coop_adapter(adapter: &wgpu::Adapter) -> Result<()> {
     Ok(())
 }
 
-/// Storage buffers one kernel binds at most (mhc_pre backward's `cols` and `finish`).
-const STORAGE_BUFFERS_NEEDED: u32 = 10;
-
 /// The process's one wgpu instance, on Vulkan, Metal and DX12 unless `WGPU_BACKEND` names
 /// others, locked: one thread at a time enumerates its adapters or makes a device. Not
 /// OpenGL: wgpu's GL backend brings up EGL, and on an H200 (NVIDIA 580) a context dropped on
@@ -345,12 +342,13 @@ impl Context {
     fn build(info: wgpu::AdapterInfo, shared: DeviceQueue, opts: ContextOptions) -> Result<Self> {
         let DeviceQueue { device, queue, lost } = shared;
         let limits = device.limits();
-        if limits.max_storage_buffers_per_shader_stage < STORAGE_BUFFERS_NEEDED {
+        if limits.max_storage_buffers_per_shader_stage < mhc_wgsl::MAX_STORAGE_BUFFERS {
             return Err(Error::gpu(
                 "device limits",
                 format!(
-                    "max_storage_buffers_per_shader_stage is {}, mhc's kernels bind up to {STORAGE_BUFFERS_NEEDED}; request the adapter's limits when creating the device",
-                    limits.max_storage_buffers_per_shader_stage
+                    "max_storage_buffers_per_shader_stage is {}, mhc's kernels bind up to {}; request the adapter's limits when creating the device",
+                    limits.max_storage_buffers_per_shader_stage,
+                    mhc_wgsl::MAX_STORAGE_BUFFERS
                 ),
             ));
         }

@@ -23,7 +23,7 @@ impl Chunks {
 }
 
 /// Bytes of one token's row of a per-token tensor.
-fn row_bytes(t: &GpuTensor, tokens: usize) -> u64 {
+pub(crate) fn row_bytes(t: &GpuTensor, tokens: usize) -> u64 {
     (t.numel() / tokens.max(1) * t.dtype().size_bytes()) as u64
 }
 

@@ -20,6 +20,11 @@ pub use kernels::{
 pub use preprocess::preprocess;
 pub use spec::Spec;
 
+/// The most storage buffers one entry point binds: mhc_pre forward's `main` with the fused
+/// Sinkhorn and a projection's partials. A device must allow this many a shader stage;
+/// `tests/naga.rs` counts every entry point's.
+pub const MAX_STORAGE_BUFFERS: u32 = 13;
+
 /// The shared helpers and the kernel files, embedded at build time.
 const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");

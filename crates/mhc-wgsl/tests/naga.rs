@@ -64,7 +64,8 @@ fn specs(family: Family) -> Vec<Spec> {
     out
 }
 
-fn check(family: Family, spec: &Spec) {
+/// Builds the kernel for every backend; returns the most storage buffers an entry point binds.
+fn check(family: Family, spec: &Spec) -> u32 {
     let src = family.source(spec).unwrap_or_else(|e| panic!("{e}"));
     let module = naga::front::wgsl::parse_str(&src)
         .unwrap_or_else(|e| panic!("{} {spec:?}:\n{}", family.name(), e.emit_to_string(&src)));
@@ -82,10 +83,22 @@ fn check(family: Family, spec: &Spec) {
         .validate(&module)
         .unwrap_or_else(|e| panic!("{} {spec:?}:\n{}", family.name(), e.emit_to_string(&src)));
 
+    let storage = (0..module.entry_points.len())
+        .map(|i| {
+            let used = info.get_entry_point(i);
+            let bound = module
+                .global_variables
+                .iter()
+                .filter(|(h, g)| matches!(g.space, naga::AddressSpace::Storage { .. }) && !used[*h].is_empty());
+            bound.count() as u32
+        })
+        .max()
+        .unwrap_or(0);
+
     let spv_opts = spv::Options { lang_version: (1, 3), ..Default::default() };
     spv::write_vec(&module, &info, &spv_opts, None).unwrap_or_else(|e| panic!("{} SPIR-V: {e}", family.name()));
     if coop {
-        return;
+        return storage;
     }
 
     let msl_opts = msl::Options { lang_version: (2, 4), ..Default::default() };
@@ -105,17 +118,24 @@ fn check(family: Family, spec: &Spec) {
     hlsl::Writer::new(&mut hlsl_src, &hlsl_opts, &hlsl::PipelineOptions::default())
         .write(&module, &info, None)
         .unwrap_or_else(|e| panic!("{} HLSL: {e}", family.name()));
+    storage
 }
 
+/// Also: no entry point binds more storage buffers than `MAX_STORAGE_BUFFERS`, the count a
+/// context requires of its device, and one binds exactly that many, so the bound is not loose.
 #[test]
 fn every_kernel_builds_for_every_backend() {
+    let mut most = 0;
     for family in Family::ALL {
         let specs = specs(family);
         assert!(!specs.is_empty());
         for spec in &specs {
-            check(family, spec);
+            let storage = check(family, spec);
+            assert!(storage <= mhc_wgsl::MAX_STORAGE_BUFFERS, "{} {spec:?} binds {storage}", family.name());
+            most = most.max(storage);
         }
     }
+    assert_eq!(most, mhc_wgsl::MAX_STORAGE_BUFFERS);
 }
 
 /// `Family::parse` counts the workgroup memory each entry point uses: mhc_pre backward's `cols`

@@ -3,6 +3,7 @@ use mhc_core::{DType, Dims, Error, PreBackwardInputs, PreParams, Result};
 use mhc_wgsl::Family;
 
 use super::{kernel_dims, to_u32};
+use crate::dispatch::row_bytes;
 use crate::{Context, GpuTensor};
 
 #[repr(C)]
@@ -147,10 +148,25 @@ pub fn pre_backward_into(
         })
         .collect();
     let n_small = chunks.ranges.iter().map(|r| r.len().div_ceil(tb)).sum::<usize>();
-    // Bound whole, unlike the per-token tensors, so it caps the tokens of one call.
+    // Bound whole, unlike the per-token tensors, so it caps the tokens of one call: a row for
+    // each `rows` workgroup of each chunk.
     let small_bytes = (n_small * (m + 3) * 4) as u64;
     if small_bytes > ctx.max_binding_size() {
-        let most = ctx.max_binding_size() / ((m as u64 + 3) * 4) * tb as u64;
+        let named: Vec<(&str, u64)> = per_token.iter().map(|&(_, g, name)| (name, row_bytes(g, t))).collect();
+        let rows_fit = ctx.max_binding_size() as usize / ((m + 3) * 4);
+        // Fewer tokens take a prefix of these chunks, so the rows grow with the tokens and the
+        // most that fit are found by bisection: `lo` tokens fit, `hi` do not.
+        let (mut lo, mut hi) = (0, t);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let rows: usize = ctx.token_chunks(mid, &named)?.iter().map(|r| r.len().div_ceil(tb)).sum();
+            if rows <= rows_fit {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let most = lo;
         return Err(Error::TooLarge {
             what: "x".into(),
             detail: format!(
