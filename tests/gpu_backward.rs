@@ -300,8 +300,14 @@ fn run_sinkhorn(ctx: &Context, t: usize, n: usize, p: SinkhornParams) {
     // Logits of the size mHC layers produce; much wider ones converge more slowly than 20
     // iterations allow, in the golden reference as on the GPU.
     let logits = rng.f32(&[t, n, n], -1.0, 1.0);
+    check_sinkhorn(ctx, &logits, p, &mut rng, seed);
+}
+
+/// Sinkhorn forward and backward on `logits` `[t, n, n]` against the golden math.
+fn check_sinkhorn(ctx: &Context, logits: &HostTensor, p: SinkhornParams, rng: &mut TensorRng, seed: u64) {
+    let (t, n) = (logits.shape()[0], logits.shape()[1]);
     let d_out = rng.f32(&[t, n, n], -1.0, 1.0);
-    let (gl, gd) = (up(ctx, "logits", &logits), up(ctx, "d_out", &d_out));
+    let (gl, gd) = (up(ctx, "logits", logits), up(ctx, "d_out", &d_out));
     let out = GpuTensor::zeros(ctx, "out", &[t, n, n], mhc::core::DType::F32).unwrap();
     let dl = GpuTensor::zeros(ctx, "d_logits", &[t, n, n], mhc::core::DType::F32).unwrap();
     poison(ctx, &[&out, &dl]);
@@ -340,6 +346,34 @@ fn sinkhorn_matches_golden() {
     // segments.
     run_sinkhorn(ctx(), 7, 4, SinkhornParams { iters: 21, eps: 1e-6 });
     run_sinkhorn(ctx(), 6, 3, SinkhornParams { iters: 45, eps: 1e-6 });
+}
+
+/// The smallest eps accepted, on rows whose logits span 88 to 2000: softmax values far below
+/// f32's range, which eps covers, so the GPU's f32 still matches the golden f64 (with eps = 0
+/// such rows came out wrong, or NaN). Every fifth token has ordinary logits: the gradients of
+/// the others are of the size of their softmax's smallest values, under 2^-126 themselves,
+/// which f32 cannot hold to SPEC.md's bound relative to a tensor of only such tokens.
+#[test]
+fn sinkhorn_at_the_smallest_eps_with_wide_logits() {
+    let seed = seed_from_env();
+    let mut rng = TensorRng::new(seed);
+    let (t, n) = (40, 4);
+    let mut l = rng.f32(&[t, n, n], -1.0, 1.0).as_f32().unwrap().to_vec();
+    for (tok, gap) in [0.0, 88.0, 100.0, 200.0, 2000.0].into_iter().cycle().take(t).enumerate() {
+        // Every entry but one of each row far below the row's largest: in every row the same
+        // column's (so the other columns hold only values f32 cannot), or a different one's.
+        for i in 0..n {
+            for j in 0..n {
+                if j != if tok % 2 == 0 { 0 } else { (i + tok) % n } {
+                    l[(tok * n + i) * n + j] -= gap;
+                }
+            }
+        }
+    }
+    let logits = HostTensor::from_f32([t, n, n], l).unwrap();
+    for iters in [1, 3, 10] {
+        check_sinkhorn(ctx(), &logits, SinkhornParams { iters, eps: SinkhornParams::MIN_EPS }, &mut rng, seed);
+    }
 }
 
 /// 4,200,000 tokens at 64 a workgroup need 65,625 workgroups. n = 2: at n = 1 every output is

@@ -48,6 +48,7 @@ pub struct OpOptions {
     post_mult: f32,
     #[arg(long, default_value_t = SinkhornParams::default().iters)]
     sinkhorn_iters: u32,
+    /// At least 1e-30 (see the README)
     #[arg(long, default_value_t = SinkhornParams::default().eps)]
     sinkhorn_eps: f32,
 }

@@ -292,13 +292,26 @@ impl Default for SinkhornParams {
 }
 
 impl SinkhornParams {
+    /// The smallest `eps` accepted. The GPU computes in f32, where softmax values under 2^-126
+    /// are lost (flushed to zero on NVIDIA); an eps this large covers them to 1.2e-8 of itself.
+    /// With a smaller one a row whose logits span more than about 87 could come out wrong
+    /// without any sign of it, or NaN (0 / 0), where the exact answer is finite.
+    pub const MIN_EPS: f32 = 1e-30;
+
     /// An [`Error::Param`] for the first option out of range.
     pub fn validate(&self) -> Result<()> {
         if self.iters == 0 {
             return Err(Error::param("sinkhorn_iters", "must be >= 1, got 0"));
         }
-        if !(self.eps.is_finite() && self.eps >= 0.0) {
-            return Err(Error::param("sinkhorn_eps", format!("must be finite and >= 0, got {}", self.eps)));
+        if !(self.eps.is_finite() && self.eps >= Self::MIN_EPS) {
+            return Err(Error::param(
+                "sinkhorn_eps",
+                format!(
+                    "must be finite and >= {:e} (below it f32 cannot hold the softmax values it would cover), got {}",
+                    Self::MIN_EPS,
+                    self.eps
+                ),
+            ));
         }
         Ok(())
     }

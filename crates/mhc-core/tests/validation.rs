@@ -412,9 +412,10 @@ fn params_reject_invalid() {
         assert_param_err(PreParams { post_mult: v, ..d }.validate(), "post_mult");
     }
     assert_param_err(SinkhornParams { iters: 0, eps: 1e-6 }.validate(), "sinkhorn_iters");
-    for v in [-1e-6, -1.0, f32::NAN, f32::INFINITY] {
+    for v in [0.0, 1e-31, -1e-6, -1.0, f32::NAN, f32::INFINITY] {
         assert_param_err(SinkhornParams { iters: 20, eps: v }.validate(), "sinkhorn_eps");
     }
+    assert!(SinkhornParams { iters: 20, eps: SinkhornParams::MIN_EPS }.validate().is_ok());
     // The value is named in the message.
     let e = PreParams { hc_eps: 1.5, ..d }.validate().unwrap_err();
     assert!(e.to_string().contains("1.5"), "{e}");
