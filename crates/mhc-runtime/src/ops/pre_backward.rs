@@ -154,8 +154,8 @@ pub fn pre_backward_into(
     if small_bytes > ctx.max_binding_size() {
         let named: Vec<(&str, u64)> = per_token.iter().map(|&(_, g, name)| (name, row_bytes(g, t))).collect();
         let rows_fit = ctx.max_binding_size() as usize / ((m + 3) * 4);
-        // Fewer tokens take a prefix of these chunks, so the rows grow with the tokens and the
-        // most that fit are found by bisection: `lo` tokens fit, `hi` do not.
+        // The rows never shrink as tokens are added (another chunk only adds rounding), so the
+        // most tokens that fit are found by bisection: `lo` tokens fit, `hi` do not.
         let (mut lo, mut hi) = (0, t);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
