@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use mhc::core::accuracy::{Comparison, Tolerance, compare, compare_sum};
-use mhc::core::golden::{PreGradsF64, pre_forward_f64, sinkhorn_forward_f64};
+use mhc::core::golden::{PreForwardF64, PreGradsF64, pre_forward_f64, sinkhorn_forward_f64};
 use mhc::core::random::{PreInputs, TensorRng, seed_from_env};
 use mhc::core::{DType, Dims, Error, HostTensor, PreForwardInputs, PreParams, SinkhornParams, TensorMeta};
 use mhc::runtime::{Context, ContextOptions, GpuTensor, ops};
@@ -180,6 +180,13 @@ pub fn run_pre_forward_scaled(ctx: &Context, t: usize, n: usize, d: usize, gamma
     check_pre_forward(ctx, &dims, &host, p, None, true, seed);
 }
 
+/// The golden f64 outputs of mhc_pre forward on `host`.
+pub fn pre_forward_reference(dims: &Dims, host: &PreInputs, p: &PreParams) -> PreForwardF64 {
+    let gf = host.gamma.as_ref().map(HostTensor::to_f64);
+    let (x, phi, alpha, bias) = (host.x.to_f64(), host.phi.to_f64(), host.alpha.to_f64(), host.bias.to_f64());
+    pre_forward_f64(dims, &x, &phi, &alpha, &bias, gf.as_deref(), p)
+}
+
 /// Runs mhc_pre forward under `p` on `host` (outputs poisoned first) and checks every output
 /// against the golden math; with `per_token` (for tokens of different scales), the outputs
 /// that scale with x one token at a time (see [`check_per_token`]).
@@ -204,16 +211,7 @@ pub fn check_pre_forward(
     poison(ctx, &all);
     ops::pre_forward_into(ctx, &inputs, &out, p, sinkhorn.as_ref()).unwrap();
 
-    let gf = host.gamma.as_ref().map(HostTensor::to_f64);
-    let r = pre_forward_f64(
-        dims,
-        &host.x.to_f64(),
-        &host.phi.to_f64(),
-        &host.alpha.to_f64(),
-        &host.bias.to_f64(),
-        gf.as_deref(),
-        p,
-    );
+    let r = pre_forward_reference(dims, host, p);
     let what = format!("pre_forward T={t} n={n} D={d} gamma={gamma}");
     // h_in's n products and n - 1 sums may each flush, and so may h_mix's K products where
     // norm_eps keeps a tiny token out of the rescue (calls 141-143 on the card: h_in of a 2^-120

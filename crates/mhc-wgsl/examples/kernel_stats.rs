@@ -2,9 +2,9 @@
 //! the GPU (`VK_KHR_pipeline_executable_properties`): on NVIDIA, registers an invocation and
 //! the shared and local (spilled) memory, which decide how many workgroups a multiprocessor
 //! holds. wgpu does not expose these, so this builds each kernel as `mhc bench` runs it (at its
-//! four default shapes, n = 4, or at those given; subgroups of 32), translates it to SPIR-V with naga as wgpu's
-//! Vulkan backend does with mhc's settings (no runtime checks, native workgroup-memory zeroing,
-//! SPIR-V 1.6), and compiles it through ash. Each line also gives mhc's own count of the
+//! four default shapes, n = 4, or at those given; subgroups of 32), translates it to SPIR-V
+//! with naga as wgpu's Vulkan backend does with mhc's settings (no runtime checks, native
+//! workgroup-memory zeroing, SPIR-V 1.6), and compiles it through ash. Each line also gives mhc's own count of the
 //! kernel's workgroup memory (`Family::parse`'s count, which the runtime holds to the
 //! device's limit), to set beside the driver's.
 //!

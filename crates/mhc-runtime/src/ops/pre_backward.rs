@@ -147,7 +147,8 @@ pub fn pre_backward_into(
             Some(base)
         })
         .collect();
-    let n_small = chunks.ranges.iter().map(|r| r.len().div_ceil(tb)).sum::<usize>();
+    let groups = |ranges: &[std::ops::Range<usize>]| ranges.iter().map(|r| r.len().div_ceil(tb)).sum::<usize>();
+    let n_small = groups(&chunks.ranges);
     // Bound whole, unlike the per-token tensors, so it caps the tokens of one call: a row for
     // each `rows` workgroup of each chunk.
     let small_bytes = (n_small * (m + 3) * 4) as u64;
@@ -159,19 +160,17 @@ pub fn pre_backward_into(
         let (mut lo, mut hi) = (0, t);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            let rows: usize = ctx.token_chunks(mid, &named)?.iter().map(|r| r.len().div_ceil(tb)).sum();
-            if rows <= rows_fit {
+            if groups(&ctx.token_chunks(mid, &named)?) <= rows_fit {
                 lo = mid;
             } else {
                 hi = mid;
             }
         }
-        let most = lo;
         return Err(Error::TooLarge {
             what: "x".into(),
             detail: format!(
                 "{t} tokens: mhc_pre backward's dbias/dalpha partials would take {small_bytes} bytes, the device \
-                 binds at most {}; split the tokens over calls of at most {most}",
+                 binds at most {}; split the tokens over calls of at most {lo}",
                 ctx.max_binding_size()
             ),
         });
