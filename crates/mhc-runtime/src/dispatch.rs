@@ -4,7 +4,6 @@
 use std::ops::Range;
 
 use mhc_core::{Error, Result, TensorMeta};
-use wgpu::util::DeviceExt;
 
 use crate::pipeline::Kernel;
 use crate::{Context, GpuTensor};
@@ -52,14 +51,6 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 impl Context {
-    pub(crate) fn uniform<T: bytemuck::Pod>(&self, value: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("mhc params"),
-            contents: bytemuck::bytes_of(value),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
-    }
-
     /// Splits `t` tokens into chunks whose bindings, for tensors of `bytes_per_token` (name,
     /// bytes), each fit the binding limit and start at an aligned offset.
     pub(crate) fn token_chunks(&self, t: usize, bytes_per_token: &[(&str, u64)]) -> Result<Vec<Range<usize>>> {
