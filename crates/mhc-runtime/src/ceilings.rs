@@ -21,7 +21,7 @@ pub fn copy(ctx: &Context, src: &GpuTensor, dst: &GpuTensor) -> Result<()> {
     if !bytes.is_multiple_of(16) {
         return Err(Error::Data { tensor: "src".into(), detail: format!("{bytes} bytes, not a multiple of 16") });
     }
-    if dst.numel() * dst.dtype().size_bytes() != src.numel() * src.dtype().size_bytes() {
+    if (dst.numel() * dst.dtype().size_bytes()) as u64 != bytes {
         return Err(Error::Data { tensor: "dst".into(), detail: format!("not src's {bytes} bytes") });
     }
     ctx.check_whole("src", src)?;

@@ -4,9 +4,9 @@
 //! holds. wgpu does not expose these, so this builds each kernel as `mhc bench` runs it (at its
 //! four default shapes, n = 4, or at those given; subgroups of 32), translates it to SPIR-V
 //! with naga as wgpu's Vulkan backend does with mhc's settings (no runtime checks, native
-//! workgroup-memory zeroing, SPIR-V 1.6), and compiles it through ash. Each line also gives mhc's own count of the
-//! kernel's workgroup memory (`Family::parse`'s count, which the runtime holds to the
-//! device's limit), to set beside the driver's.
+//! workgroup-memory zeroing, SPIR-V 1.6), and compiles it through ash. Each line also gives
+//! mhc's own count of the kernel's workgroup memory (`Family::parse`'s count, which the
+//! runtime holds to the device's limit), to set beside the driver's.
 //!
 //! ```sh
 //! cargo run --release -p mhc-wgsl --example kernel_stats
@@ -85,14 +85,9 @@ fn kernels(shapes: &[(usize, u32, u32)]) -> Vec<Kernel> {
     for &(t, n, d) in shapes {
         let shape = format!("{t},{n},{d}");
         let tile = Tile::for_tokens(n, d, t);
-        let projection = match SplitTile::for_shape(n, d, t, WORKGROUP_STORAGE) {
-            Some(split) => Projection::Split(split),
-            None => Projection::InMain,
-        };
-        let entries: &[&'static str] = if matches!(projection, Projection::Split(_)) {
-            &["fold_gamma", "project", "main"]
-        } else {
-            &["fold_gamma", "main"]
+        let (projection, entries): (_, &[&'static str]) = match SplitTile::for_shape(n, d, t, WORKGROUP_STORAGE) {
+            Some(split) => (Projection::Split(split), &["fold_gamma", "project", "main"]),
+            None => (Projection::InMain, &["fold_gamma", "main"]),
         };
         let gamma = mhc_wgsl::gamma_in_project(t);
         let pre = mhc_wgsl::pre_forward(n, d, false, gamma, target, tile, projection);
