@@ -129,6 +129,7 @@ pub struct Context {
     pub(crate) pipelines: PipelineCache,
     pub(crate) scratch: crate::scratch::ScratchPool,
     pub(crate) timer: crate::timing::TimerSlot,
+    pub(crate) pending: crate::batch::PendingSlot,
     lost: LostFlag,
 }
 
@@ -413,6 +414,7 @@ impl Context {
             pipelines: PipelineCache::default(),
             scratch: Default::default(),
             timer: Default::default(),
+            pending: Default::default(),
             lost,
         })
     }
@@ -495,8 +497,10 @@ impl Context {
         out
     }
 
-    /// Blocks until all submitted work is done.
+    /// Blocks until all submitted work is done (an open [`batch`](Context::batch)'s calls
+    /// so far included).
     pub fn wait(&self) -> Result<()> {
+        self.flush()?;
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::gpu("wait", e))?;
         self.check_lost()
     }

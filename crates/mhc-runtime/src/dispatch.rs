@@ -162,7 +162,8 @@ impl Context {
         Ok(())
     }
 
-    /// Records `record` into one compute pass and submits it, inside error scopes.
+    /// Records `record` into one compute pass and submits it (or adds it to the open batch),
+    /// inside error scopes.
     pub(crate) fn submit(
         &self,
         what: &str,
@@ -181,7 +182,7 @@ impl Context {
                     enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(what), timestamp_writes });
                 record(&mut pass)?;
             }
-            self.queue.submit([enc.finish()]);
+            self.enqueue(enc.finish());
             Ok(())
         })
     }

@@ -188,7 +188,7 @@ impl MhcPre {
         dh_post: &GpuTensor,
         dh_res: &GpuTensor,
     ) -> Result<PreGrads> {
-        let mut inputs = PreBackwardInputs {
+        let inputs = PreBackwardInputs {
             fwd: self.inputs(&saved.x),
             inv_rms: &saved.inv_rms,
             h_mix: &saved.h_mix,
@@ -200,8 +200,8 @@ impl MhcPre {
         };
         // Checked before Sinkhorn backward so a wrong gradient is reported under its own name.
         inputs.validate()?;
-        let d_logits = match (&self.sinkhorn, &saved.h_res_logits) {
-            (Some(sp), Some(logits)) => Some(ops::sinkhorn_backward(ctx, logits, dh_res, sp)?),
+        let logits = match (&self.sinkhorn, &saved.h_res_logits) {
+            (Some(sp), Some(logits)) => Some((sp, logits)),
             (None, None) => None,
             (Some(_), None) => {
                 return Err(Error::Missing { tensor: "h_res_logits (the layer fuses Sinkhorn)".into() });
@@ -213,10 +213,12 @@ impl MhcPre {
                 });
             }
         };
-        if let Some(d) = &d_logits {
-            inputs.dh_res = d;
-        }
-        ops::pre_backward(ctx, &inputs, &self.params)
+        // Sinkhorn backward and mhc_pre backward in one submission.
+        ctx.batch(|| {
+            let d_logits = logits.map(|(sp, l)| ops::sinkhorn_backward(ctx, l, dh_res, sp)).transpose()?;
+            let inputs = PreBackwardInputs { dh_res: d_logits.as_ref().unwrap_or(dh_res), ..inputs };
+            ops::pre_backward(ctx, &inputs, &self.params)
+        })
     }
 
     /// One SGD step on every parameter (`p -= lr * dp`; gamma only when the layer has one),

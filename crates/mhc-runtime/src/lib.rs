@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 pub mod ceilings;
 mod context;
 mod dispatch;

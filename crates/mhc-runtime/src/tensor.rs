@@ -59,7 +59,8 @@ impl GpuTensor {
         let bytes = host.as_le_bytes();
         let whole = bytes.len() / 4 * 4;
         // Inside error scopes: a failed write (its staging memory, say) is an `Err`, where
-        // wgpu's default handler would panic.
+        // wgpu's default handler would panic. No call in an open batch can use the new
+        // buffer yet, so the write needs no flush of it.
         ctx.scoped(&format!("uploading {name}"), || {
             ctx.queue.write_buffer(&t.buffer, 0, &bytes[..whole]);
             if whole < bytes.len() {
@@ -114,6 +115,9 @@ impl GpuTensor {
     pub fn fill_bytes(&self, ctx: &Context, byte: u8) -> Result<()> {
         // The tensor's bytes only: a caller's buffer may hold more than this tensor.
         let data = vec![byte; self.bound_bytes() as usize];
+        // A queue write runs before everything in the next submission: calls still in a
+        // batch, which may use this tensor, go first.
+        ctx.flush()?;
         ctx.scoped("filling a tensor", || {
             ctx.queue.write_buffer(&self.buffer, 0, &data);
             Ok(())
@@ -131,6 +135,7 @@ impl GpuTensor {
 /// The first `size` bytes (a multiple of 4) of a `COPY_SRC` buffer, through a mapped staging
 /// buffer (waits for the GPU).
 pub(crate) fn read_buffer(ctx: &Context, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+    ctx.flush()?;
     let staging = ctx.scoped("readback", || {
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("mhc readback"),

@@ -114,6 +114,7 @@ impl Context {
             return Ok(Vec::new());
         }
         let count = timer.passes.len() as u32 * timer.per_pass();
+        self.flush()?;
         let resolve = self.scoped("resolving timestamps", || {
             let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("mhc timestamps"),

@@ -7,7 +7,9 @@
 //!   up, the host's time a call), and the calling thread's CPU time a call
 //!   (/proc/thread-self/schedstat, Linux);
 //! - back to back: the same 1000 calls up to the end of the wait (the larger of host and GPU);
-//! - one call + wait: the median of 200 calls each followed by a wait (submit to done).
+//! - one call + wait: the median of 200 calls each followed by a wait (submit to done);
+//! - batched: the 1000 calls again in `Context::batch`es of 10 (one submission each, as a
+//!   decoding step of several layers would be), host time and thread CPU a call.
 use std::time::Instant;
 
 use mhc::core::random::{PostInputs, PreInputs, TensorRng};
@@ -58,6 +60,13 @@ fn main() -> Result<()> {
             let cpu_us = (thread_cpu_us() - cpu) / 1000.0;
             ctx.wait()?;
             let all_us = start.elapsed().as_secs_f64() * 1e3;
+            let (start, cpu) = (Instant::now(), thread_cpu_us());
+            for _ in 0..100 {
+                ctx.batch(|| (0..10).try_for_each(|_| call()))?;
+            }
+            let batch_us = start.elapsed().as_secs_f64() * 1e3;
+            let batch_cpu_us = (thread_cpu_us() - cpu) / 1000.0;
+            ctx.wait()?;
             let mut one = Vec::new();
             for _ in 0..200 {
                 let s = Instant::now();
@@ -67,7 +76,7 @@ fn main() -> Result<()> {
             }
             one.sort_by(f64::total_cmp);
             println!(
-                "T={t} D={d} {name}: host {host_us:.1} us a call (thread CPU {cpu_us:.1}), back to back {all_us:.1}, one call + wait {:.1}",
+                "T={t} D={d} {name}: host {host_us:.1} us a call (thread CPU {cpu_us:.1}), back to back {all_us:.1}, one call + wait {:.1}; batched by 10: host {batch_us:.1} (thread CPU {batch_cpu_us:.1})",
                 one[100]
             );
         }

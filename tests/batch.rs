@@ -1,0 +1,194 @@
+//! `Context::batch`: calls collected into one submission give the same results as calls
+//! submitted one by one, in call order, with reads, fills and waits inside the batch seeing
+//! the calls before them done, and a failed or panicking call leaving the context usable.
+
+mod common;
+
+use common::*;
+use mhc::core::random::{PostInputs, PreInputs, TensorRng, seed_from_env};
+use mhc::core::{Dims, Error, PreForwardInputs, PreParams, SinkhornParams};
+use mhc::runtime::layer::{MhcPost, MhcPre};
+use mhc::runtime::{Context, GpuTensor, ops};
+
+fn layer(ctx: &Context, host: &PreInputs) -> MhcPre {
+    let gamma = host.gamma.as_ref().map(|g| up(ctx, "gamma", g));
+    let p = PreParams { post_mult: 1.5, ..Default::default() };
+    let (phi, alpha, bias) = (up(ctx, "phi", &host.phi), up(ctx, "alpha", &host.alpha), up(ctx, "bias", &host.bias));
+    MhcPre::new(phi, alpha, bias, gamma, p, Some(SinkhornParams::default())).unwrap()
+}
+
+/// A block's forward and backward (pre, post, their backwards): each call takes the outputs
+/// of the calls before it.
+fn block_step(ctx: &Context, pre: &MhcPre, x: &GpuTensor, d_out: &GpuTensor) -> mhc::core::Result<Vec<GpuTensor>> {
+    let (h, saved_pre) = pre.forward(ctx, x)?;
+    let (out, saved_post) = MhcPost.forward(ctx, &h.h_in, x, &h.h_post, &h.h_res)?;
+    let g_post = MhcPost.backward(ctx, &saved_post, d_out)?;
+    let g_pre = pre.backward(ctx, &saved_pre, &g_post.dx, &g_post.dpost_layer_mix, &g_post.dcomb_res_mix)?;
+    Ok(vec![out, g_post.dresidual, g_pre.dx, g_pre.dphi, g_pre.dalpha, g_pre.dbias, g_pre.dgamma])
+}
+
+#[test]
+fn a_batched_block_step_equals_the_same_calls_unbatched() {
+    let ctx = ctx();
+    let seed = seed_from_env();
+    let mut rng = TensorRng::new(seed);
+    for (t, n, d) in [(1, 4, 64), (13, 3, 40), (2, 1, 3)] {
+        let dims = Dims::new(t, n, d).unwrap();
+        let host = PreInputs::random(&mut rng, &dims, true);
+        let pre = layer(ctx, &host);
+        let x = up(ctx, "x", &host.x);
+        let d_out = up(ctx, "d_out", &rng.bf16(&[t, n, d], -1.0, 1.0));
+        let alone = block_step(ctx, &pre, &x, &d_out).unwrap();
+        let batched = ctx.batch(|| block_step(ctx, &pre, &x, &d_out)).unwrap();
+        for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
+            same_bits(ctx, &format!("T={t} n={n} D={d} output {i}"), b, a);
+        }
+    }
+}
+
+/// Two mhc_pre forwards in one batch share the context's scratch buffers (partial sums): the
+/// second must not overwrite them before the first has read them.
+#[test]
+fn calls_in_a_batch_sharing_scratch_each_match_golden() {
+    let ctx = ctx();
+    let seed = seed_from_env();
+    let mut rng = TensorRng::new(seed);
+    let dims = Dims::new(37, 4, 96).unwrap();
+    let p = PreParams::default();
+    let hosts = [PreInputs::random(&mut rng, &dims, true), PreInputs::random(&mut rng, &dims, false)];
+    let gpu: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            let g = h.gamma.as_ref().map(|g| up(ctx, "gamma", g));
+            (up(ctx, "x", &h.x), up(ctx, "phi", &h.phi), up(ctx, "alpha", &h.alpha), up(ctx, "bias", &h.bias), g)
+        })
+        .collect();
+    let outs: Vec<_> = hosts.iter().map(|_| ops::PreForwardOutputs::zeros(ctx, &dims, false).unwrap()).collect();
+    for o in &outs {
+        poison(ctx, &[&o.h_in, &o.h_post, &o.h_res, &o.inv_rms, &o.h_mix, &o.h_pre]);
+    }
+    ctx.batch(|| {
+        for ((x, phi, alpha, bias, g), out) in gpu.iter().zip(&outs) {
+            let inputs = PreForwardInputs { x, phi, alpha, bias, gamma: g.as_ref() };
+            ops::pre_forward_into(ctx, &inputs, out, &p, None)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    for (i, (h, o)) in hosts.iter().zip(&outs).enumerate() {
+        let r = pre_forward_reference(&dims, h, &p);
+        for (name, out, reference) in [
+            ("h_in", &o.h_in, &r.h_in),
+            ("h_post", &o.h_post, &r.h_post),
+            ("h_res", &o.h_res, &r.h_res),
+            ("inv_rms", &o.inv_rms, &r.inv_rms),
+            ("h_mix", &o.h_mix, &r.h_mix),
+            ("h_pre", &o.h_pre, &r.h_pre),
+        ] {
+            check(ctx, &format!("batched call {i} {name}"), out, reference, None, seed);
+        }
+    }
+}
+
+/// Post forward inputs on the GPU and a poisoned output.
+fn post_call(ctx: &Context, rng: &mut TensorRng) -> (Vec<GpuTensor>, GpuTensor, Vec<f64>) {
+    let dims = Dims::new(5, 2, 24).unwrap();
+    let h = PostInputs::random(rng, &dims);
+    let r = mhc::core::golden::post_forward_f64(
+        &dims,
+        &h.x.to_f64(),
+        &h.residual.to_f64(),
+        &h.post_layer_mix.to_f64(),
+        &h.comb_res_mix.to_f64(),
+    );
+    let inputs = vec![
+        up(ctx, "x", &h.x),
+        up(ctx, "residual", &h.residual),
+        up(ctx, "post_layer_mix", &h.post_layer_mix),
+        up(ctx, "comb_res_mix", &h.comb_res_mix),
+    ];
+    let out = GpuTensor::zeros(ctx, "out", &[5, 2, 24], mhc::core::DType::BF16).unwrap();
+    poison(ctx, &[&out]);
+    (inputs, out, r)
+}
+
+fn post_into(ctx: &Context, i: &[GpuTensor], out: &GpuTensor) -> mhc::core::Result<()> {
+    let inputs = mhc::core::PostForwardInputs { x: &i[0], residual: &i[1], post_layer_mix: &i[2], comb_res_mix: &i[3] };
+    ops::post_forward_into(ctx, &inputs, out)
+}
+
+#[test]
+fn reads_and_fills_inside_a_batch_come_after_the_calls_before_them() {
+    let ctx = ctx();
+    let seed = seed_from_env();
+    let (inputs, out, r) = post_call(ctx, &mut TensorRng::new(seed));
+    ctx.batch(|| {
+        post_into(ctx, &inputs, &out)?;
+        // Read inside the batch: the call above must have run (out was poisoned).
+        check(ctx, "read inside a batch", &out, &r, None, seed);
+        post_into(ctx, &inputs, &out)?;
+        // A fill after a call: the call must not land after it.
+        out.fill_bytes(ctx, 0xFF)?;
+        let poisoned = out.read(ctx)?.to_f64();
+        assert!(poisoned.iter().all(|v| v.is_nan()), "a fill inside a batch was overwritten by the call before it");
+        post_into(ctx, &inputs, &out)?;
+        ctx.wait()
+    })
+    .unwrap();
+    check(ctx, "after the batch", &out, &r, None, seed);
+}
+
+#[test]
+fn a_failed_call_in_a_batch_is_its_own_error_and_the_calls_before_it_run() {
+    let ctx = ctx();
+    let seed = seed_from_env();
+    let (inputs, out, r) = post_call(ctx, &mut TensorRng::new(seed));
+    let wrong = GpuTensor::zeros(ctx, "out", &[5, 2, 23], mhc::core::DType::BF16).unwrap();
+    let err = ctx
+        .batch(|| {
+            post_into(ctx, &inputs, &out)?;
+            post_into(ctx, &inputs, &wrong)
+        })
+        .unwrap_err();
+    assert!(matches!(&err, Error::Shape { tensor, .. } if tensor == "out"), "{err}");
+    check(ctx, "the call before the failed one", &out, &r, None, seed);
+    // The batch is closed: a call now runs on its own.
+    poison(ctx, &[&out]);
+    post_into(ctx, &inputs, &out).unwrap();
+    check(ctx, "a call after the failed batch", &out, &r, None, seed);
+}
+
+#[test]
+fn a_panic_in_a_batch_closes_it() {
+    let ctx = ctx();
+    let seed = seed_from_env();
+    let (inputs, out, r) = post_call(ctx, &mut TensorRng::new(seed));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ctx.batch(|| {
+            post_into(ctx, &inputs, &out)?;
+            panic!("inside the batch");
+            #[allow(unreachable_code)]
+            Ok(())
+        })
+    }));
+    assert!(caught.is_err());
+    check(ctx, "the call before the panic", &out, &r, None, seed);
+    poison(ctx, &[&out]);
+    post_into(ctx, &inputs, &out).unwrap();
+    check(ctx, "a call after the panic", &out, &r, None, seed);
+}
+
+#[test]
+fn a_batch_inside_a_batch_joins_it() {
+    let ctx = ctx();
+    let seed = seed_from_env();
+    let (inputs, out, r) = post_call(ctx, &mut TensorRng::new(seed));
+    let (inputs2, out2, r2) = post_call(ctx, &mut TensorRng::new(seed + 1));
+    ctx.batch(|| {
+        ctx.batch(|| post_into(ctx, &inputs, &out))?;
+        post_into(ctx, &inputs2, &out2)
+    })
+    .unwrap();
+    check(ctx, "inner batch's call", &out, &r, None, seed);
+    check(ctx, "outer batch's call", &out2, &r2, None, seed);
+}
