@@ -158,6 +158,30 @@ fn a_failed_call_in_a_batch_is_its_own_error_and_the_calls_before_it_run() {
     check(ctx, "a call after the failed batch", &out, &r, None, seed);
 }
 
+/// A call the device refuses (here, for a destroyed input) must not take the batch's other
+/// calls down with it: wgpu fails a whole submission that holds an invalid command buffer.
+#[test]
+fn a_call_the_device_refuses_leaves_the_rest_of_the_batch_to_run() {
+    let ctx = ctx();
+    let seed = seed_from_env();
+    let (inputs, out, r) = post_call(ctx, &mut TensorRng::new(seed));
+    let (inputs2, out2, r2) = post_call(ctx, &mut TensorRng::new(seed + 1));
+    let (doomed, out3, _) = post_call(ctx, &mut TensorRng::new(seed + 2));
+    let err = ctx
+        .batch(|| {
+            post_into(ctx, &inputs, &out)?;
+            doomed[1].buffer().destroy();
+            let refused = post_into(ctx, &doomed, &out3);
+            assert!(matches!(&refused, Err(Error::Gpu { .. })), "{refused:?}");
+            post_into(ctx, &inputs2, &out2)?;
+            refused
+        })
+        .unwrap_err();
+    assert!(matches!(&err, Error::Gpu { .. }), "{err}");
+    check(ctx, "the call before the refused one", &out, &r, None, seed);
+    check(ctx, "the call after the refused one", &out2, &r2, None, seed);
+}
+
 #[test]
 fn a_panic_in_a_batch_closes_it() {
     let ctx = ctx();

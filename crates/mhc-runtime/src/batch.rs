@@ -88,14 +88,20 @@ impl Context {
         submitted.map(|()| value)
     }
 
-    /// Submits `buffer` now, or adds it to the open batch.
-    pub(crate) fn enqueue(&self, buffer: wgpu::CommandBuffer) {
+    /// Submits `buffer`, the recording of `what`, now, or adds it to the open batch.
+    pub(crate) fn enqueue(&self, what: &str, buffer: wgpu::CommandBuffer) -> Result<()> {
         // The lock is released before the queue call.
         let buffer = match self.pending.lock().as_mut() {
-            Some(buffers) => return buffers.push(buffer),
+            Some(buffers) => {
+                buffers.push(buffer);
+                return Ok(());
+            }
             None => buffer,
         };
-        self.queue.submit([buffer]);
+        self.scoped(what, || {
+            self.queue.submit([buffer]);
+            Ok(())
+        })
     }
 
     /// Submits the open batch's calls so far, keeping it open: for whatever must come after

@@ -163,13 +163,14 @@ impl Context {
     }
 
     /// Records `record` into one compute pass and submits it (or adds it to the open batch),
-    /// inside error scopes.
+    /// inside error scopes. A recording the device refused is never queued: in a batch, it
+    /// would fail the whole submission, the calls before it too.
     pub(crate) fn submit(
         &self,
         what: &str,
         record: impl FnOnce(&mut wgpu::ComputePass<'_>) -> Result<()>,
     ) -> Result<()> {
-        self.scoped(what, || {
+        let buffer = self.scoped(what, || {
             let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
             {
                 let timing = self.timer.next_pass();
@@ -182,9 +183,9 @@ impl Context {
                     enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(what), timestamp_writes });
                 record(&mut pass)?;
             }
-            self.enqueue(enc.finish());
-            Ok(())
-        })
+            Ok(enc.finish())
+        })?;
+        self.enqueue(what, buffer)
     }
 }
 

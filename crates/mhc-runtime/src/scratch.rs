@@ -1,7 +1,8 @@
 //! Buffers an operator needs only inside its own submission (gamma-folded weights, partial
 //! sums, kernel parameters), kept between calls so that a model's steady state allocates
-//! nothing but outputs. Reuse is safe because one queue runs submissions in order: a later
-//! call's kernels start after an earlier call's have finished with the buffer. Every user
+//! nothing but outputs. Reuse is safe because one queue runs calls in order, also the calls of
+//! one batch's submission (wgpu puts barriers between their command buffers): a later call's
+//! kernels start after an earlier call's have finished with the buffer. Every user
 //! writes a scratch buffer before reading it; none relies on its contents. Parameter buffers
 //! are never written after they are made, so calls in flight may share them.
 
