@@ -1,6 +1,7 @@
 //! `Context::batch`: calls collected into one submission give the same results as calls
-//! submitted one by one, in call order, with reads, fills and waits inside the batch seeing
-//! the calls before them done, and a failed or panicking call leaving the context usable.
+//! submitted one by one, in call order, with reads and fills inside the batch seeing the
+//! calls before them done, and a failed, refused or panicking call leaving the others to run.
+//! (That the calls wait in the batch, and that it ends, is the unit test in batch.rs.)
 
 mod common;
 
@@ -152,7 +153,7 @@ fn a_failed_call_in_a_batch_is_its_own_error_and_the_calls_before_it_run() {
         .unwrap_err();
     assert!(matches!(&err, Error::Shape { tensor, .. } if tensor == "out"), "{err}");
     check(ctx, "the call before the failed one", &out, &r, None, seed);
-    // The batch is closed: a call now runs on its own.
+    // The context still works (that the batch is closed is the unit test in batch.rs).
     poison(ctx, &[&out]);
     post_into(ctx, &inputs, &out).unwrap();
     check(ctx, "a call after the failed batch", &out, &r, None, seed);
@@ -183,7 +184,7 @@ fn a_call_the_device_refuses_leaves_the_rest_of_the_batch_to_run() {
 }
 
 #[test]
-fn a_panic_in_a_batch_closes_it() {
+fn a_panic_in_a_batch_leaves_the_calls_before_it_run() {
     let ctx = ctx();
     let seed = seed_from_env();
     let (inputs, out, r) = post_call(ctx, &mut TensorRng::new(seed));
@@ -202,17 +203,22 @@ fn a_panic_in_a_batch_closes_it() {
     check(ctx, "a call after the panic", &out, &r, None, seed);
 }
 
+/// A batch inside a batch, and calls through another context on the same device: each call
+/// runs once, in order with the reads after it.
 #[test]
-fn a_batch_inside_a_batch_joins_it() {
-    let ctx = ctx();
+fn batches_inside_batches_and_other_contexts_keep_every_call() {
+    let (a, b) = (ctx(), ctx_portable());
+    assert!(a.device() == b.device(), "contexts on one adapter share its device");
     let seed = seed_from_env();
-    let (inputs, out, r) = post_call(ctx, &mut TensorRng::new(seed));
-    let (inputs2, out2, r2) = post_call(ctx, &mut TensorRng::new(seed + 1));
-    ctx.batch(|| {
-        ctx.batch(|| post_into(ctx, &inputs, &out))?;
-        post_into(ctx, &inputs2, &out2)
+    let calls: Vec<_> = (0..3).map(|i| post_call(a, &mut TensorRng::new(seed + i))).collect();
+    a.batch(|| {
+        post_into(a, &calls[0].0, &calls[0].1)?;
+        b.batch(|| post_into(b, &calls[1].0, &calls[1].1))?;
+        check(b, "the inner batch's call, read through the other context", &calls[1].1, &calls[1].2, None, seed);
+        post_into(a, &calls[2].0, &calls[2].1)
     })
     .unwrap();
-    check(ctx, "inner batch's call", &out, &r, None, seed);
-    check(ctx, "outer batch's call", &out2, &r2, None, seed);
+    for (i, (_, out, r)) in calls.iter().enumerate() {
+        check(a, &format!("call {i}"), out, r, None, seed);
+    }
 }

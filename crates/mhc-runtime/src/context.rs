@@ -129,8 +129,7 @@ pub struct Context {
     pub(crate) pipelines: PipelineCache,
     pub(crate) scratch: crate::scratch::ScratchPool,
     pub(crate) timer: crate::timing::TimerSlot,
-    pub(crate) pending: crate::batch::PendingSlot,
-    lost: LostFlag,
+    pub(crate) shared: Arc<DeviceState>,
 }
 
 /// Features mhc uses when present; none is required.
@@ -189,6 +188,18 @@ fn instance() -> MutexGuard<'static, wgpu::Instance> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
+/// A context on a device of its own, not the one `Context::new` shares, for unit tests that
+/// must see no other test's calls on their queue.
+#[cfg(test)]
+pub(crate) fn private_context() -> Context {
+    let instance = instance();
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).expect("an adapter");
+    let desc = wgpu::DeviceDescriptor { required_limits: adapter.limits(), ..Default::default() };
+    let (device, queue) = pollster::block_on(adapter.request_device(&desc)).expect("a device");
+    drop(instance);
+    Context::from_device(adapter.get_info(), device, queue, ContextOptions::default()).expect("a context")
+}
+
 /// Every adapter wgpu sees, on the backends `WGPU_BACKEND` allows (by default Vulkan, Metal
 /// and DX12).
 pub fn adapters() -> Vec<wgpu::AdapterInfo> {
@@ -196,42 +207,48 @@ pub fn adapters() -> Vec<wgpu::AdapterInfo> {
     pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all())).iter().map(|a| a.get_info()).collect()
 }
 
-/// The message of a device's loss, once lost.
-type LostFlag = Arc<Mutex<Option<String>>>;
+/// What every context on one device shares: the message of the device's loss, once lost, and
+/// the open batch of its queue.
+#[derive(Default)]
+pub(crate) struct DeviceState {
+    lost: Mutex<Option<String>>,
+    pub(crate) pending: crate::batch::PendingSlot,
+}
 
-/// A wgpu device with its queue and the message of its loss, once lost.
+/// A wgpu device with its queue and their shared state.
 #[derive(Clone)]
 struct DeviceQueue {
     device: wgpu::Device,
     queue: wgpu::Queue,
-    lost: LostFlag,
+    state: Arc<DeviceState>,
 }
 
-/// Where the device-lost callback of `device` leaves its message. wgpu keeps one callback a
-/// device, so every context on a device shares one: a second callback would silence the
-/// first context's. Devices are told apart by identity (`wgpu::Device`'s `Hash`), and the
-/// table holds no device, only weak references to the flags, which the device's callback and
-/// the contexts on it hold: an entry goes with its device.
-fn watch_lost(device: &wgpu::Device) -> LostFlag {
-    type Flags = HashMap<u64, Weak<Mutex<Option<String>>>>;
-    static WATCHED: OnceLock<Mutex<Flags>> = OnceLock::new();
+/// The state every context on `device` shares. wgpu keeps one lost callback a device, so the
+/// contexts share one: a second callback would silence the first context's. They share the
+/// queue's open batch too, so that a read or wait through any of them comes after the batch's
+/// calls. Devices are told apart by identity (`wgpu::Device`'s `Hash`), and the table holds
+/// no device, only weak references to the states, which the device's callback and the
+/// contexts on it hold: an entry goes with its device.
+fn device_state(device: &wgpu::Device) -> Arc<DeviceState> {
+    type States = HashMap<u64, Weak<DeviceState>>;
+    static WATCHED: OnceLock<Mutex<States>> = OnceLock::new();
     let mut watched = WATCHED.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    watched.retain(|_, flag| flag.strong_count() > 0);
+    watched.retain(|_, state| state.strong_count() > 0);
     let key = {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         device.hash(&mut h);
         h.finish()
     };
-    if let Some(lost) = watched.get(&key).and_then(Weak::upgrade) {
-        return lost;
+    if let Some(state) = watched.get(&key).and_then(Weak::upgrade) {
+        return state;
     }
-    let lost: LostFlag = Arc::new(Mutex::new(None));
-    let sink = lost.clone();
+    let state = Arc::new(DeviceState::default());
+    let sink = state.clone();
     device.set_device_lost_callback(move |reason, msg| {
-        *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{reason:?}: {msg}"));
+        *sink.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{reason:?}: {msg}"));
     });
-    watched.insert(key, Arc::downgrade(&lost));
-    lost
+    watched.insert(key, Arc::downgrade(&state));
+    state
 }
 
 /// The device of `adapter` (with the cooperative matrices or without) that every context on it
@@ -246,7 +263,7 @@ fn shared_device(adapter: &wgpu::Adapter, coop: bool) -> Result<DeviceQueue> {
     let key = (info.name.clone(), info.vendor, info.device, info.backend, coop);
     let mut devices = DEVICES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
     if let Some(d) = devices.get(&key) {
-        if d.lost.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+        if d.state.lost.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
             return Ok(d.clone());
         }
     }
@@ -269,8 +286,8 @@ fn shared_device(adapter: &wgpu::Adapter, coop: bool) -> Result<DeviceQueue> {
         ..Default::default()
     }))
     .map_err(|e| Error::gpu("device request", e))?;
-    let lost = watch_lost(&device);
-    let shared = DeviceQueue { device, queue, lost };
+    let state = device_state(&device);
+    let shared = DeviceQueue { device, queue, state };
     devices.insert(key, shared.clone());
     Ok(shared)
 }
@@ -336,12 +353,12 @@ impl Context {
         queue: wgpu::Queue,
         opts: ContextOptions,
     ) -> Result<Self> {
-        let lost = watch_lost(&device);
-        Self::build(info, DeviceQueue { device, queue, lost }, opts)
+        let state = device_state(&device);
+        Self::build(info, DeviceQueue { device, queue, state }, opts)
     }
 
     fn build(info: wgpu::AdapterInfo, shared: DeviceQueue, opts: ContextOptions) -> Result<Self> {
-        let DeviceQueue { device, queue, lost } = shared;
+        let DeviceQueue { device, queue, state } = shared;
         let limits = device.limits();
         if limits.max_storage_buffers_per_shader_stage < mhc_wgsl::MAX_STORAGE_BUFFERS {
             return Err(Error::gpu(
@@ -414,8 +431,7 @@ impl Context {
             pipelines: PipelineCache::default(),
             scratch: Default::default(),
             timer: Default::default(),
-            pending: Default::default(),
-            lost,
+            shared: state,
         })
     }
 
@@ -472,7 +488,7 @@ impl Context {
 
     /// An error if the device was lost (driver reset, GPU removed).
     pub fn check_lost(&self) -> Result<()> {
-        match &*self.lost.lock().unwrap_or_else(|p| p.into_inner()) {
+        match &*self.shared.lost.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(msg) => Err(Error::gpu("device lost", msg)),
             None => Ok(()),
         }
