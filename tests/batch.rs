@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use mhc::core::random::{PostInputs, PreInputs, TensorRng, seed_from_env};
-use mhc::core::{Dims, Error, PreForwardInputs, PreParams, SinkhornParams};
+use mhc::core::{Dims, Error, HostTensor, PreForwardInputs, PreParams, SinkhornParams};
 use mhc::runtime::layer::{MhcPost, MhcPre};
 use mhc::runtime::{Context, GpuTensor, ops};
 
@@ -221,4 +221,30 @@ fn batches_inside_batches_and_other_contexts_keep_every_call() {
     for (i, (_, out, r)) in calls.iter().enumerate() {
         check(a, &format!("call {i}"), out, r, None, seed);
     }
+}
+
+/// Threads sharing a context, one calling in batches and one without: every read sees the
+/// thread's own calls before it done, whichever batch they joined, and nothing deadlocks.
+#[test]
+fn threads_calling_in_and_out_of_batches_see_their_own_calls() {
+    let ctx = ctx();
+    let tensor = |name: &str, v: [f32; 3]| up(ctx, name, &HostTensor::from_f32(vec![3], v.to_vec()).unwrap());
+    std::thread::scope(|s| {
+        for batched in [true, false] {
+            s.spawn(move || {
+                let (p, g) = (tensor("p", [1.0, 2.0, 3.0]), tensor("g", [0.5, 0.25, -1.0]));
+                let mut want = [1.0f32, 2.0, 3.0];
+                for i in 0..200 {
+                    let steps = 1 + i % 3;
+                    let call = || (0..steps).try_for_each(|_| ops::sgd_step(ctx, &p, &g, 1.0));
+                    if batched { ctx.batch(call) } else { call() }.unwrap();
+                    for (w, d) in want.iter_mut().zip([0.5, 0.25, -1.0]) {
+                        *w -= steps as f32 * d;
+                    }
+                    let got = p.read(ctx).unwrap();
+                    assert_eq!(got.as_f32(), Some(&want[..]), "batched {batched}, iteration {i}");
+                }
+            });
+        }
+    });
 }
