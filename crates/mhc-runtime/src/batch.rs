@@ -16,18 +16,31 @@ pub(crate) struct PendingSlot(Mutex<Option<Vec<wgpu::CommandBuffer>>>);
 
 type Pending<'a> = MutexGuard<'a, Option<Vec<wgpu::CommandBuffer>>>;
 
-/// Closes the batch when `Context::batch` leaves, also by a panic, so that later calls are
-/// never left waiting in a batch that no one closes.
+/// The batch a `Context::batch` opened. Dropped without [`Open::close`] only by a panic in
+/// the batch, it closes the batch then too, so that later calls are never left waiting in a
+/// batch that no one closes.
 struct Open<'a>(&'a Context);
+
+impl Open<'_> {
+    /// Ends the batch and submits its calls. Only this batch's: once it has ended, another
+    /// may open, which the guard's drop must not then end.
+    fn close(self) -> Result<()> {
+        let closed = self.end();
+        std::mem::forget(self);
+        closed
+    }
+
+    fn end(&self) -> Result<()> {
+        let mut pending = self.0.pending();
+        let buffers = pending.take().unwrap_or_default();
+        self.0.submit_buffers(&mut pending, buffers)
+    }
+}
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        let mut pending = self.0.pending();
-        if let Some(buffers) = pending.take() {
-            // Reached with buffers left only by a panic in the batch; there is no caller to
-            // give an error to.
-            let _ = self.0.submit_buffers(&mut pending, buffers);
-        }
+        // A panic is unwinding through the batch: there is no caller to give an error to.
+        let _ = self.end();
     }
 }
 
@@ -89,12 +102,7 @@ impl Context {
         }
         let open = Open(self);
         let out = f();
-        let submitted = {
-            let mut pending = self.pending();
-            let buffers = pending.take().unwrap_or_default();
-            self.submit_buffers(&mut pending, buffers)
-        };
-        drop(open);
+        let submitted = open.close();
         let value = out?;
         submitted.map(|()| value)
     }
