@@ -91,8 +91,13 @@ fn run() -> Result<bool> {
     let fwd = forward(&ctx, &pre, &x)?;
     let loss_before = loss(&ctx, &fwd.out, &w)?;
 
-    let post_g = MhcPost.backward(&ctx, &fwd.post_ctx, &up("d_out", &w)?)?;
-    let grads = pre.backward(&ctx, &fwd.pre_ctx, &post_g.dx, &post_g.dpost_layer_mix, &post_g.dcomb_res_mix)?;
+    // The block's backward in one queue submission (`Context::batch`).
+    let d_out = up("d_out", &w)?;
+    let (post_g, grads) = ctx.batch(|| {
+        let post_g = MhcPost.backward(&ctx, &fwd.post_ctx, &d_out)?;
+        let grads = pre.backward(&ctx, &fwd.pre_ctx, &post_g.dx, &post_g.dpost_layer_mix, &post_g.dcomb_res_mix)?;
+        Ok((post_g, grads))
+    })?;
 
     // The golden math, fed what the GPU produced upstream of each operator.
     let f64_of = |t: &GpuTensor| t.read(&ctx).map(|h| h.to_f64());
