@@ -11,13 +11,6 @@ use mhc::core::{Dims, Error, HostTensor, PreForwardInputs, PreParams, SinkhornPa
 use mhc::runtime::layer::{MhcPost, MhcPre};
 use mhc::runtime::{Context, GpuTensor, ops};
 
-fn layer(ctx: &Context, host: &PreInputs) -> MhcPre {
-    let gamma = host.gamma.as_ref().map(|g| up(ctx, "gamma", g));
-    let p = PreParams { post_mult: 1.5, ..Default::default() };
-    let (phi, alpha, bias) = (up(ctx, "phi", &host.phi), up(ctx, "alpha", &host.alpha), up(ctx, "bias", &host.bias));
-    MhcPre::new(phi, alpha, bias, gamma, p, Some(SinkhornParams::default())).unwrap()
-}
-
 /// A block's forward and backward (pre, post, their backwards): each call takes the outputs
 /// of the calls before it.
 fn block_step(ctx: &Context, pre: &MhcPre, x: &GpuTensor, d_out: &GpuTensor) -> mhc::core::Result<Vec<GpuTensor>> {
@@ -36,7 +29,8 @@ fn a_batched_block_step_equals_the_same_calls_unbatched() {
     for (t, n, d) in [(1, 4, 64), (13, 3, 40), (2, 1, 3)] {
         let dims = Dims::new(t, n, d).unwrap();
         let host = PreInputs::random(&mut rng, &dims, true);
-        let pre = layer(ctx, &host);
+        let pre =
+            layer(ctx, &host, PreParams { post_mult: 1.5, ..Default::default() }, Some(SinkhornParams::default()));
         let x = up(ctx, "x", &host.x);
         let d_out = up(ctx, "d_out", &rng.bf16(&[t, n, d], -1.0, 1.0));
         let alone = block_step(ctx, &pre, &x, &d_out).unwrap();

@@ -10,19 +10,6 @@ use mhc::core::{DType, Dims, Error, HostTensor, PostForwardInputs, PreParams, Si
 use mhc::runtime::layer::{MhcPost, MhcPre};
 use mhc::runtime::{Context, GpuTensor, ops};
 
-fn layer(ctx: &Context, host: &PreInputs, p: PreParams, sinkhorn: Option<SinkhornParams>) -> MhcPre {
-    let gamma = host.gamma.as_ref().map(|g| up(ctx, "gamma", g));
-    MhcPre::new(
-        up(ctx, "phi", &host.phi),
-        up(ctx, "alpha", &host.alpha),
-        up(ctx, "bias", &host.bias),
-        gamma,
-        p,
-        sinkhorn,
-    )
-    .unwrap()
-}
-
 fn read(ctx: &Context, t: &GpuTensor) -> HostTensor {
     t.read(ctx).unwrap()
 }

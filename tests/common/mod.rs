@@ -7,6 +7,7 @@ use mhc::core::accuracy::{Comparison, Tolerance, compare, compare_sum};
 use mhc::core::golden::{PreForwardF64, PreGradsF64, pre_forward_f64, sinkhorn_forward_f64};
 use mhc::core::random::{PreInputs, TensorRng, seed_from_env};
 use mhc::core::{DType, Dims, Error, HostTensor, PreForwardInputs, PreParams, SinkhornParams, TensorMeta};
+use mhc::runtime::layer::MhcPre;
 use mhc::runtime::{Context, ContextOptions, GpuTensor, ops};
 
 /// The default adapter, shared by all tests of a binary (lavapipe in CI).
@@ -73,6 +74,13 @@ pub fn assert_option_refused(opts: ContextOptions, option: &str) {
 
 pub fn up(ctx: &Context, name: &str, t: &HostTensor) -> GpuTensor {
     GpuTensor::upload(ctx, name, t).unwrap_or_else(|e| panic!("upload {name}: {e}"))
+}
+
+/// An MhcPre layer over `host`'s parameters, uploaded.
+pub fn layer(ctx: &Context, host: &PreInputs, p: PreParams, sinkhorn: Option<SinkhornParams>) -> MhcPre {
+    let gamma = host.gamma.as_ref().map(|g| up(ctx, "gamma", g));
+    let (phi, alpha, bias) = (up(ctx, "phi", &host.phi), up(ctx, "alpha", &host.alpha), up(ctx, "bias", &host.bias));
+    MhcPre::new(phi, alpha, bias, gamma, p, sinkhorn).unwrap()
 }
 
 /// Fills every output with 0xFF bytes (NaN in f32 and bf16) so an element a kernel skips
