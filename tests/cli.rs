@@ -801,6 +801,51 @@ fn bench_writes_json() {
     assert!(text(&out.stdout).contains("sinkhorn-forward"), "{ctx}");
 }
 
+/// `--wall`: each call timed on the host, submit to wait, and named so in the output and JSON;
+/// it cannot be combined with `--stages`, which needs timestamps.
+#[test]
+fn bench_times_wall_clock() {
+    let dir = TempDir::new().unwrap();
+    let json = dir.path().join("wall.json");
+    let args: Vec<String> = [
+        "bench",
+        "--wall",
+        "--op",
+        "pre-forward",
+        "--shape",
+        "1,4,64",
+        "--shape",
+        "3,1,3",
+        "--iters",
+        "3",
+        "--warmup-ms",
+        "0",
+        "--json",
+        &path_str(&json),
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = succeed(&args);
+    let ctx = describe(&args, &out);
+    let doc = read_json(&json, &ctx);
+    assert!(doc["timing"].as_str().is_some_and(|t| t.starts_with("host wall clock")), "{doc}");
+    assert!(text(&out.stdout).contains("timing: host wall clock"), "{ctx}");
+    let rows = doc["rows"].as_array().unwrap_or_else(|| panic!("rows: {doc}"));
+    let seen: Vec<(String, [usize; 3])> = rows.iter().map(|r| check_bench_row(r, &doc, &ctx)).collect();
+    let want: Vec<(String, [usize; 3])> = [[1, 4, 64], [3, 1, 3]]
+        .into_iter()
+        .flat_map(|s| ["pre-forward", "pre-forward+sinkhorn"].map(|op| (op.to_string(), s)))
+        .collect();
+    assert_eq!(seen, want, "{ctx}");
+
+    let args: Vec<String> = ["bench", "--wall", "--stages"].map(String::from).to_vec();
+    let out = mhc(&args);
+    let ctx = describe(&args, &out);
+    assert!(!out.status.success(), "{ctx}");
+    let err = text(&out.stderr);
+    assert!(err.contains("--wall") && err.contains("--stages"), "{ctx}");
+}
+
 /// `--stages`: each operator's entry points in recording order, timed inside its pass.
 #[test]
 fn bench_times_stages() {

@@ -33,6 +33,11 @@ pub struct BenchArgs {
     /// dispatches; the stage medians are printed under the table and written to the JSON.
     #[arg(long)]
     stages: bool,
+    /// Time each call from the host instead, submitted and then waited for: encoding,
+    /// submission and the wait included, as a caller at decode sizes (a few tokens a call)
+    /// sees it. The same-bytes copy is timed the same way; the ceilings stay on timestamps.
+    #[arg(long, conflicts_with = "stages")]
+    wall: bool,
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -58,12 +63,31 @@ const WARMUP_BATCH: usize = 8;
 const ROTATE_BYTES: u64 = 256 << 20;
 const MAX_COPIES: usize = 16;
 
-/// How many timed runs, after how long a warm-up.
+/// How a run is timed.
+#[derive(Clone, Copy, PartialEq)]
+enum Clock {
+    /// The GPU's time, from timestamp queries around each call's pass.
+    Timestamps,
+    /// The host's time from before a call to the end of a wait after it.
+    Wall,
+}
+
+impl Clock {
+    fn describe(self) -> &'static str {
+        match self {
+            Clock::Timestamps => "timestamp queries",
+            Clock::Wall => "host wall clock, each call submitted and waited for",
+        }
+    }
+}
+
+/// How many timed runs, after how long a warm-up, on which clock.
 #[derive(Clone, Copy)]
 struct Runs {
     iters: usize,
     warmup: Duration,
     stages: bool,
+    clock: Clock,
 }
 
 /// Sets of timed runs `time` takes at most: a set with a slow start is timed again.
@@ -80,15 +104,14 @@ struct Timed {
     slow_start: bool,
 }
 
-/// GPU time of each of `runs.iters` calls of `f(i)`, from timestamp queries or, without
-/// them, host time around a blocking submit. Before timing, `f` runs once, which compiles the
-/// pipelines, and then in batches of `WARMUP_BATCH`, at least one, for at least
-/// `runs.warmup`: on NVIDIA's Vulkan driver a new pipeline ran 2-5x slower for its first
-/// ~200 ms of GPU work (docs/PERFORMANCE.md), which a program that runs its kernels for long
-/// never sees. The compilation is left out of that time because it can take all of it (1.7
-/// s for pre backward at n = 6 with a cold driver cache on an H100), and the GPU's clocks drop
-/// while it idles. A set of timed runs that still starts slow (`slow_start`) is timed again,
-/// up to `TIMED_SETS` sets.
+/// The time of each of `runs.iters` calls of `f(i)` on `runs.clock`. Before timing, `f` runs
+/// once, which compiles the pipelines, and then in batches of `WARMUP_BATCH`, at least one,
+/// for at least `runs.warmup`: on NVIDIA's Vulkan driver a new pipeline ran 2-5x slower for
+/// its first ~200 ms of GPU work (docs/PERFORMANCE.md), which a program that runs its kernels
+/// for long never sees. The compilation is left out of that time because it can take all of
+/// it (1.7 s for pre backward at n = 6 with a cold driver cache on an H100), and the GPU's
+/// clocks drop while it idles. A set of timed runs that still starts slow (`slow_start`) is
+/// timed again, up to `TIMED_SETS` sets.
 fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result<()>) -> CliResult<Timed> {
     f(0)?;
     ctx.wait()?;
@@ -105,7 +128,7 @@ fn time(ctx: &Context, runs: Runs, mut f: impl FnMut(usize) -> mhc::core::Result
         }
     }
     steady_set(|| {
-        if ctx.capabilities().timestamps {
+        if runs.clock == Clock::Timestamps {
             // `bench` holds iters to `max_timed_passes`, far below u32's range.
             ctx.start_timing(runs.iters as u32, runs.stages)?;
             for _ in 0..runs.iters {
@@ -175,13 +198,19 @@ struct Ceilings {
     flops_per_s: f64,
 }
 
+/// Timestamps where the adapter has them: a ceiling is the GPU's rate, whatever clock times
+/// the operators.
+fn ceiling_clock(ctx: &Context) -> Clock {
+    if ctx.capabilities().timestamps { Clock::Timestamps } else { Clock::Wall }
+}
+
 fn measure_ceilings(ctx: &Context, runs: Runs) -> CliResult<Ceilings> {
     let bytes = ctx.max_binding_size().min(1 << 30) / 16 * 16;
     let cpu = ctx.adapter_info().device_type == mhc::runtime::wgpu::DeviceType::Cpu;
     let bytes = if cpu { bytes.min(64 << 20) } else { bytes };
     let src = GpuTensor::zeros(ctx, "copy src", &[bytes as usize / 4], DType::F32)?;
     let dst = GpuTensor::zeros(ctx, "copy dst", &[bytes as usize / 4], DType::F32)?;
-    let runs = Runs { stages: false, ..runs };
+    let runs = Runs { stages: false, clock: ceiling_clock(ctx), ..runs };
     let copy = median(seconds(&time(ctx, runs, |_| ceilings::copy(ctx, &src, &dst))?.runs));
     let (groups, steps) = if cpu { (16, 256) } else { (8192, 4096) };
     let mut flops = 0;
@@ -318,10 +347,10 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
     }
     let ctx = context()?;
     let info = ctx.adapter_info().clone();
-    let timing = if ctx.capabilities().timestamps {
-        "timestamp queries"
-    } else {
-        "host timing around blocking submits (no timestamp queries on this adapter)"
+    let clock = if a.wall { Clock::Wall } else { ceiling_clock(&ctx) };
+    let timing = match (clock, a.wall) {
+        (Clock::Wall, false) => format!("{} (no timestamp queries on this adapter)", clock.describe()),
+        _ => clock.describe().to_string(),
     };
     println!("device: {} ({:?}), driver {} {}", info.name, info.backend, info.driver, info.driver_info);
     println!("timing: {timing}, median of {} runs after a warm-up of {} ms", a.iters, a.warmup_ms);
@@ -332,7 +361,7 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
     if a.stages && !ctx.capabilities().stage_timestamps {
         return Err(format!("--stages: {} has no timestamp queries inside passes", info.name).into());
     }
-    let runs = Runs { iters: a.iters, warmup: Duration::from_millis(a.warmup_ms), stages: a.stages };
+    let runs = Runs { iters: a.iters, warmup: Duration::from_millis(a.warmup_ms), stages: a.stages, clock };
     let opts = a.opts.options();
     let ops: Vec<Op> = if a.ops.is_empty() { Op::ALL.to_vec() } else { a.ops.clone() };
     let shapes: Vec<Dims> = if a.shapes.is_empty() {
@@ -478,9 +507,11 @@ pub fn bench(a: BenchArgs) -> CliResult<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use mhc::runtime::PassTime;
 
-    use super::{TIMED_SETS, slow_start, steady_set};
+    use super::{Clock, Runs, TIMED_SETS, slow_start, steady_set, time};
 
     fn runs(slow: usize, fast: usize) -> Vec<f64> {
         level_runs(5.0, slow, fast)
@@ -527,5 +558,25 @@ mod tests {
         // Steady at once: one set.
         let t = steady_set(|| Ok(set(3))).unwrap();
         assert_eq!((t.sets, t.slow_start), (1, false));
+    }
+
+    #[test]
+    fn the_wall_clock_times_the_host_side_of_a_call() {
+        // A call that only sleeps on the host: the wall clock counts the sleep, where GPU
+        // timestamps would count no work at all.
+        let ctx = mhc::runtime::Context::new().unwrap();
+        let runs = Runs { iters: 4, warmup: Duration::ZERO, stages: false, clock: Clock::Wall };
+        let sleep = Duration::from_millis(3);
+        let timed = time(&ctx, runs, |_| {
+            std::thread::sleep(sleep);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(timed.runs.len(), 4);
+        assert!(
+            timed.runs.iter().all(|r| r.seconds >= sleep.as_secs_f64()),
+            "{:?}",
+            timed.runs.iter().map(|r| r.seconds).collect::<Vec<_>>()
+        );
     }
 }

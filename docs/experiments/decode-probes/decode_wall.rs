@@ -7,7 +7,8 @@
 //!   up, the host's time a call), and the calling thread's CPU time a call
 //!   (/proc/thread-self/schedstat, Linux);
 //! - back to back: the same 1000 calls up to the end of the wait (the larger of host and GPU);
-//! - one call + wait: the median of 200 calls each followed by a wait (submit to done);
+//! - one call + wait: the median of 200 calls each followed by a wait (submit to done; `mhc
+//!   bench --wall` times the same, with the floors and a same-bytes copy beside it);
 //! - batched: the 1000 calls again in `Context::batch`es of 10 (one submission each, as a
 //!   decoding step of several layers would be), host time and thread CPU a call.
 use std::time::Instant;
