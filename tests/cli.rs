@@ -751,28 +751,26 @@ fn read_json(path: &Path, ctx: &str) -> serde_json::Value {
     doc
 }
 
+/// `mhc bench` with `flags`, writing its JSON to `json`.
+fn bench_args(flags: &[&str], json: &Path) -> Vec<String> {
+    ["bench"].iter().chain(flags).map(|s| s.to_string()).chain(["--json".to_string(), path_str(json)]).collect()
+}
+
+/// Runs `args` (from [`bench_args`]), which must succeed: its stdout, its description for
+/// messages, and the JSON it wrote to `json`.
+fn bench_doc(args: &[String], json: &Path) -> (String, String, serde_json::Value) {
+    let out = succeed(args);
+    let ctx = describe(args, &out);
+    let doc = read_json(json, &ctx);
+    (text(&out.stdout), ctx, doc)
+}
+
 #[test]
 fn bench_writes_json() {
     let dir = TempDir::new().unwrap();
     let json = dir.path().join("bench.json");
-    let args: Vec<String> = [
-        "bench",
-        "--iters",
-        "3",
-        "--warmup-ms",
-        "0",
-        "--shape",
-        "16,4,64",
-        "--shape",
-        "3,2,3",
-        "--json",
-        &path_str(&json),
-    ]
-    .map(String::from)
-    .to_vec();
-    let out = succeed(&args);
-    let ctx = describe(&args, &out);
-    let doc = read_json(&json, &ctx);
+    let args = bench_args(&["--iters", "3", "--warmup-ms", "0", "--shape", "16,4,64", "--shape", "3,2,3"], &json);
+    let (stdout, ctx, doc) = bench_doc(&args, &json);
     let rows = doc["rows"].as_array().unwrap_or_else(|| panic!("rows: {doc}"));
     assert_eq!(rows.len(), 14, "{doc}");
     let seen: BTreeSet<(String, [usize; 3])> = rows.iter().map(|r| check_bench_row(r, &doc, &ctx)).collect();
@@ -781,24 +779,18 @@ fn bench_writes_json() {
         .flat_map(|s| BENCH_ROWS.iter().map(move |op| (op.to_string(), s)))
         .collect();
     assert_eq!(seen, want);
-    let stdout = text(&out.stdout);
     for op in BENCH_ROWS {
         assert!(stdout.lines().any(|l| l.split_whitespace().next() == Some(op)), "no {op} row: {ctx}");
     }
 
     // One operator, one shape.
     let json = dir.path().join("one.json");
-    let args: Vec<String> =
-        ["bench", "--op", "sinkhorn-forward", "--shape", "4,4,8", "--iters", "2", "--json", &path_str(&json)]
-            .map(String::from)
-            .to_vec();
-    let out = succeed(&args);
-    let ctx = describe(&args, &out);
-    let doc = read_json(&json, &ctx);
+    let args = bench_args(&["--op", "sinkhorn-forward", "--shape", "4,4,8", "--iters", "2"], &json);
+    let (stdout, ctx, doc) = bench_doc(&args, &json);
     let rows = doc["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{doc}");
     assert_eq!(check_bench_row(&rows[0], &doc, &ctx), ("sinkhorn-forward".to_string(), [4, 4, 8]));
-    assert!(text(&out.stdout).contains("sinkhorn-forward"), "{ctx}");
+    assert!(stdout.contains("sinkhorn-forward"), "{ctx}");
 }
 
 /// `--wall`: each call timed on the host, submit to wait, and named so in the output and JSON;
@@ -807,29 +799,12 @@ fn bench_writes_json() {
 fn bench_times_wall_clock() {
     let dir = TempDir::new().unwrap();
     let json = dir.path().join("wall.json");
-    let args: Vec<String> = [
-        "bench",
-        "--wall",
-        "--op",
-        "pre-forward",
-        "--shape",
-        "1,4,64",
-        "--shape",
-        "3,1,3",
-        "--iters",
-        "3",
-        "--warmup-ms",
-        "0",
-        "--json",
-        &path_str(&json),
-    ]
-    .map(String::from)
-    .to_vec();
-    let out = succeed(&args);
-    let ctx = describe(&args, &out);
-    let doc = read_json(&json, &ctx);
+    let flags =
+        ["--wall", "--op", "pre-forward", "--shape", "1,4,64", "--shape", "3,1,3", "--iters", "3", "--warmup-ms", "0"];
+    let args = bench_args(&flags, &json);
+    let (stdout, ctx, doc) = bench_doc(&args, &json);
     assert!(doc["timing"].as_str().is_some_and(|t| t.starts_with("host wall clock")), "{doc}");
-    assert!(text(&out.stdout).contains("timing: host wall clock"), "{ctx}");
+    assert!(stdout.contains("timing: host wall clock"), "{ctx}");
     let rows = doc["rows"].as_array().unwrap_or_else(|| panic!("rows: {doc}"));
     let seen: Vec<(String, [usize; 3])> = rows.iter().map(|r| check_bench_row(r, &doc, &ctx)).collect();
     let want: Vec<(String, [usize; 3])> = [[1, 4, 64], [3, 1, 3]]
@@ -851,8 +826,7 @@ fn bench_times_wall_clock() {
 fn bench_times_stages() {
     let dir = TempDir::new().unwrap();
     let json = dir.path().join("stages.json");
-    let args: Vec<String> = [
-        "bench",
+    let flags = [
         "--op",
         "pre-backward",
         "--op",
@@ -864,11 +838,8 @@ fn bench_times_stages() {
         "--warmup-ms",
         "0",
         "--stages",
-        "--json",
-        &path_str(&json),
-    ]
-    .map(String::from)
-    .to_vec();
+    ];
+    let args = bench_args(&flags, &json);
     let has_stage_timestamps = mhc::runtime::Context::new().unwrap().capabilities().stage_timestamps;
     if !has_stage_timestamps {
         let out = mhc(&args);
@@ -876,9 +847,7 @@ fn bench_times_stages() {
         assert!(!out.status.success() && text(&out.stderr).contains("--stages"), "{ctx}");
         return;
     }
-    let out = succeed(&args);
-    let ctx = describe(&args, &out);
-    let doc = read_json(&json, &ctx);
+    let (stdout, ctx, doc) = bench_doc(&args, &json);
     let rows = doc["rows"].as_array().unwrap_or_else(|| panic!("rows: {doc}"));
     let want: [(&str, &[&str]); 2] = [("pre-backward", &["rows", "cols", "finish"]), ("post-forward", &["forward"])];
     assert_eq!(rows.len(), want.len(), "{ctx}");
@@ -896,7 +865,7 @@ fn bench_times_stages() {
         let total = row["us"].as_f64().unwrap();
         assert!(us.iter().all(|u| *u <= total * (1.0 + 1e-9)), "stages {us:?} vs pass {total}: {ctx}");
     }
-    assert!(text(&out.stdout).contains("cols"), "{ctx}");
+    assert!(stdout.contains("cols"), "{ctx}");
 }
 
 #[test]
