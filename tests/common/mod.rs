@@ -195,9 +195,93 @@ pub fn pre_forward_reference(dims: &Dims, host: &PreInputs, p: &PreParams) -> Pr
     pre_forward_f64(dims, &x, &phi, &alpha, &bias, gf.as_deref(), p)
 }
 
+/// mhc_pre forward's inputs uploaded from `host`, and its outputs, poisoned so that an
+/// element a kernel skips fails [`PreForwardCase::check`].
+pub struct PreForwardCase {
+    x: GpuTensor,
+    phi: GpuTensor,
+    alpha: GpuTensor,
+    bias: GpuTensor,
+    gamma: Option<GpuTensor>,
+    pub out: ops::PreForwardOutputs,
+}
+
+impl PreForwardCase {
+    /// `fused_sinkhorn`: outputs with room for the raw logits of a fused Sinkhorn.
+    pub fn new(ctx: &Context, dims: &Dims, host: &PreInputs, fused_sinkhorn: bool) -> Self {
+        let out = ops::PreForwardOutputs::zeros(ctx, dims, fused_sinkhorn).unwrap();
+        let mut all = vec![&out.h_in, &out.h_post, &out.h_res, &out.inv_rms, &out.h_mix, &out.h_pre];
+        all.extend(out.h_res_logits.as_ref());
+        poison(ctx, &all);
+        Self {
+            x: up(ctx, "x", &host.x),
+            phi: up(ctx, "phi", &host.phi),
+            alpha: up(ctx, "alpha", &host.alpha),
+            bias: up(ctx, "bias", &host.bias),
+            gamma: host.gamma.as_ref().map(|g| up(ctx, "gamma", g)),
+            out,
+        }
+    }
+
+    pub fn inputs(&self) -> PreForwardInputs<'_, GpuTensor> {
+        PreForwardInputs {
+            x: &self.x,
+            phi: &self.phi,
+            alpha: &self.alpha,
+            bias: &self.bias,
+            gamma: self.gamma.as_ref(),
+        }
+    }
+
+    /// Checks every output against the golden math of `host` under `p` (and `sinkhorn`, as
+    /// the call ran), naming them after `what`; with `per_token` (for tokens of different
+    /// scales), the outputs that scale with x one token at a time (see [`check_per_token`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn check(
+        &self,
+        ctx: &Context,
+        what: &str,
+        dims: &Dims,
+        host: &PreInputs,
+        p: &PreParams,
+        sinkhorn: Option<SinkhornParams>,
+        per_token: bool,
+        seed: u64,
+    ) {
+        let (n, out) = (dims.n, &self.out);
+        let r = pre_forward_reference(dims, host, p);
+        // h_in's n products and n - 1 sums may each flush, and so may h_mix's K products where
+        // norm_eps keeps a tiny token out of the rescue (calls 141-143 on the card: h_in of a
+        // 2^-120 token 2.4% off an element, h_mix 20%); inv_rms is the result alone.
+        let scaled = [
+            ("h_in", &out.h_in, &r.h_in, 2 * n),
+            ("inv_rms", &out.inv_rms, &r.inv_rms, 1),
+            ("h_mix", &out.h_mix, &r.h_mix, 2 * dims.k()),
+        ];
+        for (name, o, reference, flushes) in scaled {
+            if per_token {
+                check_per_token(ctx, &format!("{what} {name}"), o, reference, flushes, seed);
+            } else {
+                check(ctx, &format!("{what} {name}"), o, reference, None, seed);
+            }
+        }
+        check(ctx, &format!("{what} h_post"), &out.h_post, &r.h_post, None, seed);
+        check(ctx, &format!("{what} h_pre"), &out.h_pre, &r.h_pre, None, seed);
+        match sinkhorn {
+            None => check(ctx, &format!("{what} h_res"), &out.h_res, &r.h_res, None, seed),
+            Some(sp) => {
+                let logits = out.h_res_logits.as_ref().unwrap();
+                check(ctx, &format!("{what} h_res_logits"), logits, &r.h_res, None, seed);
+                // The projection of the reference logits.
+                let proj = sinkhorn_forward_f64(n, &r.h_res, &sp);
+                check(ctx, &format!("{what} fused sinkhorn h_res"), &out.h_res, &proj, None, seed);
+            }
+        }
+    }
+}
+
 /// Runs mhc_pre forward under `p` on `host` (outputs poisoned first) and checks every output
-/// against the golden math; with `per_token` (for tokens of different scales), the outputs
-/// that scale with x one token at a time (see [`check_per_token`]).
+/// against the golden math (see [`PreForwardCase::check`]).
 pub fn check_pre_forward(
     ctx: &Context,
     dims: &Dims,
@@ -207,47 +291,10 @@ pub fn check_pre_forward(
     per_token: bool,
     seed: u64,
 ) {
-    let (t, n, d) = (dims.t, dims.n, dims.d);
-    let (x, phi, alpha, bias) =
-        (up(ctx, "x", &host.x), up(ctx, "phi", &host.phi), up(ctx, "alpha", &host.alpha), up(ctx, "bias", &host.bias));
-    let g = host.gamma.as_ref().map(|g| up(ctx, "gamma", g));
-    let gamma = g.is_some();
-    let inputs = PreForwardInputs { x: &x, phi: &phi, alpha: &alpha, bias: &bias, gamma: g.as_ref() };
-    let out = ops::PreForwardOutputs::zeros(ctx, dims, sinkhorn.is_some()).unwrap();
-    let mut all = vec![&out.h_in, &out.h_post, &out.h_res, &out.inv_rms, &out.h_mix, &out.h_pre];
-    all.extend(out.h_res_logits.as_ref());
-    poison(ctx, &all);
-    ops::pre_forward_into(ctx, &inputs, &out, p, sinkhorn.as_ref()).unwrap();
-
-    let r = pre_forward_reference(dims, host, p);
-    let what = format!("pre_forward T={t} n={n} D={d} gamma={gamma}");
-    // h_in's n products and n - 1 sums may each flush, and so may h_mix's K products where
-    // norm_eps keeps a tiny token out of the rescue (calls 141-143 on the card: h_in of a 2^-120
-    // token 2.4% off an element, h_mix 20%); inv_rms is the result alone.
-    let scaled = [
-        ("h_in", &out.h_in, &r.h_in, 2 * n),
-        ("inv_rms", &out.inv_rms, &r.inv_rms, 1),
-        ("h_mix", &out.h_mix, &r.h_mix, 2 * dims.k()),
-    ];
-    for (name, o, reference, flushes) in scaled {
-        if per_token {
-            check_per_token(ctx, &format!("{what} {name}"), o, reference, flushes, seed);
-        } else {
-            check(ctx, &format!("{what} {name}"), o, reference, None, seed);
-        }
-    }
-    check(ctx, &format!("{what} h_post"), &out.h_post, &r.h_post, None, seed);
-    check(ctx, &format!("{what} h_pre"), &out.h_pre, &r.h_pre, None, seed);
-    match sinkhorn {
-        None => check(ctx, &format!("{what} h_res"), &out.h_res, &r.h_res, None, seed),
-        Some(sp) => {
-            let logits = out.h_res_logits.as_ref().unwrap();
-            check(ctx, &format!("{what} h_res_logits"), logits, &r.h_res, None, seed);
-            // The projection of the reference logits.
-            let proj = sinkhorn_forward_f64(n, &r.h_res, &sp);
-            check(ctx, &format!("{what} fused sinkhorn h_res"), &out.h_res, &proj, None, seed);
-        }
-    }
+    let case = PreForwardCase::new(ctx, dims, host, sinkhorn.is_some());
+    ops::pre_forward_into(ctx, &case.inputs(), &case.out, p, sinkhorn.as_ref()).unwrap();
+    let what = format!("pre_forward T={} n={} D={} gamma={}", dims.t, dims.n, dims.d, host.gamma.is_some());
+    case.check(ctx, &what, dims, host, p, sinkhorn, per_token, seed);
 }
 
 /// mhc_pre forward on fresh random inputs of `t` tokens against the golden math.
